@@ -1,0 +1,504 @@
+"""ROI proposal and box geometry for FOCUS (paper sec. 3.3, Algorithm in A.5).
+
+Pipeline on an object relevance map ``A`` (float Tensor ``[h, w]``):
+
+    anchors  = top_k_anchors(A, k, s_dist)           # spaced-out peaks
+    rois     = [grow_roi(A, a, s_min, s_max, t) ...]  # symmetric, grown while dense
+    ranked   = sort by A[anchor], then nms(...)       # diverse, ranked proposals
+
+plus the geometry needed to move between the map's grid and the original image
+(``grid_to_pixel`` / ``pixel_to_cells``) and to build the multi-ROI canvas used
+for far-apart targets and type-2 questions (``merge_overlapping``,
+``compose_canvas``, A.5 "Final VQA prediction").
+
+Conventions
+    GridBox  = (r0, c0, r1, c1): half-open cell indices on the map.
+    PixelBox = (x0, y0, x1, y1): half-open, original-image pixels.
+    cell_boxes: Tensor ``[h, w, 4]`` with each cell's (x0, y0, x1, y1) in the
+    original image; cells lying entirely in padding have zero area.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageStat
+
+GridBox = tuple[int, int, int, int]
+PixelBox = tuple[int, int, int, int]
+Cell = tuple[int, int]
+
+# Resampling filter used when compose_canvas downscales crops (anti-aliased).
+CANVAS_RESAMPLE = Image.Resampling.LANCZOS
+
+__all__ = [
+    "GridBox",
+    "PixelBox",
+    "Roi",
+    "top_k_anchors",
+    "symmetric_roi",
+    "grow_roi",
+    "box_iou",
+    "nms",
+    "propose_rois",
+    "grid_to_pixel",
+    "pixel_to_cells",
+    "clip_box",
+    "union_box",
+    "box_center",
+    "box_distance",
+    "merge_overlapping",
+    "compose_canvas",
+]
+
+
+def _check_map(rel_map: torch.Tensor) -> None:
+    if not isinstance(rel_map, torch.Tensor) or rel_map.dim() != 2:
+        raise ValueError(f"rel_map must be a 2-D Tensor [h, w], got {getattr(rel_map, 'shape', type(rel_map))}")
+    if rel_map.numel() == 0:
+        raise ValueError(f"rel_map is empty: shape {tuple(rel_map.shape)}")
+
+
+# --------------------------------------------------------------------------- #
+# ROI proposal on the relevance map
+# --------------------------------------------------------------------------- #
+
+
+def top_k_anchors(
+    rel_map: torch.Tensor,
+    k: int,
+    s_dist: float,
+    valid: torch.Tensor | None = None,
+) -> list[Cell]:
+    """Greedy non-maximum selection of up to ``k`` anchor cells.
+
+    Args:
+        rel_map: float ``[h, w]`` relevance map.
+        k: number of anchors to *accept* (fewer if the map runs out).
+        s_dist: minimum Euclidean distance, in cells, between any two anchors
+            (a distance exactly equal to ``s_dist`` is allowed).
+        valid: optional bool ``[h, w]``; False cells are never anchors.
+
+    Returns:
+        ``[(row, col), ...]`` in descending relevance; ties are broken by
+        row-major index so the result is deterministic.
+    """
+    _check_map(rel_map)
+    h, w = rel_map.shape
+    if k <= 0:
+        return []
+    flat = rel_map.detach().reshape(-1)
+    ok = ~torch.isnan(flat)  # NaN cells can't be ranked, so they're never anchors
+    if valid is not None:
+        if tuple(valid.shape) != (h, w):
+            raise ValueError(f"valid has shape {tuple(valid.shape)}, expected {(h, w)}")
+        ok &= valid.reshape(-1).to(torch.bool)
+    # stable descending sort -> equal scores keep row-major order
+    order = torch.sort(flat, descending=True, stable=True).indices.tolist()
+    ok_list = ok.tolist()
+    min_d2 = float(s_dist) ** 2 if s_dist > 0 else 0.0  # compare squared: exact on ints
+    anchors: list[Cell] = []
+    for idx in order:
+        if not ok_list[idx]:
+            continue
+        r, c = divmod(idx, w)
+        if all((r - ar) ** 2 + (c - ac) ** 2 >= min_d2 for ar, ac in anchors):
+            anchors.append((r, c))
+            if len(anchors) == k:
+                break
+    return anchors
+
+
+def _span(center: int, size: int, n: int) -> tuple[int, int]:
+    """Half-open [lo, hi) of length min(size, n) around ``center``, shifted into [0, n)."""
+    if size >= n:
+        return 0, n
+    lo = center - (size - 1) // 2  # even size: extra cell after the centre
+    lo = min(max(lo, 0), n - size)  # shift, don't shrink
+    return lo, lo + size
+
+
+def symmetric_roi(anchor: Cell, size: int, h: int, w: int) -> GridBox:
+    """``size x size`` grid box centred on ``anchor``, shifted to fit an ``h x w`` map.
+
+    Odd sizes are exactly centred; even sizes put the extra cell on the
+    bottom/right. Near a border the box is shifted (keeping its size); if
+    ``size`` exceeds ``h`` (or ``w``) the box spans the whole map on that axis.
+
+    Returns:
+        (r0, c0, r1, c1), half-open, always containing ``anchor``.
+    """
+    if size < 1:
+        raise ValueError(f"ROI size must be >= 1, got {size}")
+    if h < 1 or w < 1:
+        raise ValueError(f"map must be non-empty, got h={h}, w={w}")
+    r, c = anchor
+    if not (0 <= r < h and 0 <= c < w):
+        raise ValueError(f"anchor {anchor} lies outside the {h}x{w} map")
+    r0, r1 = _span(r, size, h)
+    c0, c1 = _span(c, size, w)
+    return (r0, c0, r1, c1)
+
+
+def grow_roi(
+    rel_map: torch.Tensor,
+    anchor: Cell,
+    s_min: int,
+    s_max: int,
+    t_expand: float,
+) -> GridBox:
+    """Grow a symmetric ROI around ``anchor`` while it stays dense.
+
+    Starts from ``symmetric_roi(anchor, s_min)`` (always accepted) and tries
+    sizes ``s_min + 2, s_min + 4, ... <= s_max`` (one cell per side). A grown
+    box is accepted iff ``mean(rel_map[box]) >= t_expand * rel_map[anchor]``;
+    growth stops at the first refusal.
+
+    Args:
+        rel_map: float ``[h, w]``.
+        anchor: (row, col) inside the map.
+
+    Returns:
+        The last accepted GridBox.
+    """
+    _check_map(rel_map)
+    if s_min > s_max:
+        raise ValueError(f"s_min ({s_min}) must be <= s_max ({s_max})")
+    h, w = rel_map.shape
+    box = symmetric_roi(anchor, s_min, h, w)
+    m = rel_map.detach().double()  # float64 so "== threshold" is not lost to rounding
+    thresh = t_expand * float(m[anchor[0], anchor[1]])
+    size = s_min + 2
+    while size <= s_max:
+        grown = symmetric_roi(anchor, size, h, w)
+        if grown == box:  # clamped to the full map on both axes: nothing left to grow
+            break
+        r0, c0, r1, c1 = grown
+        if float(m[r0:r1, c0:c1].mean()) < thresh:
+            break
+        box = grown
+        size += 2
+    return box
+
+
+def _area(b: Sequence[float]) -> float:
+    return max(0, b[2] - b[0]) * max(0, b[3] - b[1])
+
+
+def _intersection(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    return iw * ih if iw > 0 and ih > 0 else 0
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two half-open boxes (GridBox or PixelBox; same formula). 0.0 if the union is empty."""
+    inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def nms(
+    boxes: Sequence[Sequence[float]],
+    scores: Sequence[float] | torch.Tensor,
+    iou_threshold: float,
+) -> list[int]:
+    """Greedy non-maximum suppression.
+
+    Visits boxes by descending score (stable: equal scores keep input order)
+    and keeps a box unless its IoU with an already-kept box is ``> iou_threshold``.
+
+    Returns:
+        Kept indices into ``boxes``, in descending score order.
+    """
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().reshape(-1).tolist()
+    if len(boxes) != len(scores):
+        raise ValueError(f"got {len(boxes)} boxes but {len(scores)} scores")
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])  # sorted() is stable
+    keep: list[int] = []
+    for i in order:
+        if all(box_iou(boxes[i], boxes[j]) <= iou_threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A proposed region of interest on the relevance map.
+
+    grid: (r0, c0, r1, c1) half-open cell box.
+    anchor: (row, col) peak the box was grown from.
+    score: relevance at the anchor (the paper's ranking key).
+    """
+
+    grid: GridBox
+    anchor: Cell
+    score: float
+
+
+def propose_rois(
+    rel_map: torch.Tensor,
+    k: int,
+    s_min: int,
+    s_max: int,
+    s_dist: float,
+    t_expand: float,
+    nms_threshold: float,
+    valid: torch.Tensor | None = None,
+) -> list[Roi]:
+    """Full ROI proposal: anchors -> grow -> rank by anchor relevance -> NMS.
+
+    Args:
+        rel_map: float ``[h, w]``.
+        valid: optional bool ``[h, w]`` restricting where anchors may lie
+            (e.g. to exclude padding cells).
+
+    Returns:
+        Surviving ROIs, ranked by descending anchor relevance.
+    """
+    anchors = top_k_anchors(rel_map, k, s_dist, valid)
+    rois = [
+        Roi(grid=grow_roi(rel_map, a, s_min, s_max, t_expand), anchor=a, score=float(rel_map[a[0], a[1]]))
+        for a in anchors
+    ]
+    # nms visits (and returns) boxes by descending score -> this is the ranking step
+    keep = nms([r.grid for r in rois], [r.score for r in rois], nms_threshold)
+    return [rois[i] for i in keep]
+
+
+# --------------------------------------------------------------------------- #
+# Grid <-> pixel geometry
+# --------------------------------------------------------------------------- #
+
+
+def _check_cells(cell_boxes: torch.Tensor) -> None:
+    if cell_boxes.dim() != 3 or cell_boxes.shape[-1] != 4:
+        raise ValueError(f"cell_boxes must be [h, w, 4], got {tuple(cell_boxes.shape)}")
+
+
+def grid_to_pixel(box: GridBox, cell_boxes: torch.Tensor) -> PixelBox | None:
+    """Pixel extent of a grid box: union of its non-padding cells' pixel boxes.
+
+    Args:
+        box: (r0, c0, r1, c1) on the grid of ``cell_boxes``.
+        cell_boxes: ``[h, w, 4]`` cell boxes (x0, y0, x1, y1) in image pixels.
+
+    Returns:
+        (x0, y0, x1, y1) rounded outward (floor x0/y0, ceil x1/y1), or None
+        if every cell in ``box`` is padding (zero area) or ``box`` is empty.
+    """
+    _check_cells(cell_boxes)
+    r0, c0, r1, c1 = box
+    cells = cell_boxes[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)].reshape(-1, 4).double()
+    real = (cells[:, 2] > cells[:, 0]) & (cells[:, 3] > cells[:, 1])
+    if not bool(real.any()):
+        return None
+    cells = cells[real]
+    return (
+        math.floor(float(cells[:, 0].min())),
+        math.floor(float(cells[:, 1].min())),
+        math.ceil(float(cells[:, 2].max())),
+        math.ceil(float(cells[:, 3].max())),
+    )
+
+
+def pixel_to_cells(box: PixelBox, cell_boxes: torch.Tensor) -> torch.Tensor:
+    """Cells whose pixel box overlaps ``box`` with positive area.
+
+    Args:
+        box: (x0, y0, x1, y1) in image pixels.
+        cell_boxes: ``[h, w, 4]``.
+
+    Returns:
+        bool ``[h, w]``; padding cells (zero area) are always False.
+    """
+    _check_cells(cell_boxes)
+    cb = cell_boxes.double()
+    x0, y0, x1, y1 = (float(v) for v in box)
+    iw = torch.minimum(cb[..., 2], torch.tensor(x1)) - torch.maximum(cb[..., 0], torch.tensor(x0))
+    ih = torch.minimum(cb[..., 3], torch.tensor(y1)) - torch.maximum(cb[..., 1], torch.tensor(y0))
+    return (iw > 0) & (ih > 0)
+
+
+# --------------------------------------------------------------------------- #
+# Pixel-box helpers
+# --------------------------------------------------------------------------- #
+
+
+def clip_box(box: Sequence[float], width: int, height: int) -> PixelBox:
+    """Clip ``box`` to the image ``[0, width) x [0, height)``.
+
+    Float coordinates are rounded outward first (floor x0/y0, ceil x1/y1).
+    A box entirely outside the image comes back with zero area.
+    """
+    x0, y0, x1, y1 = math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
+    x0, x1 = min(max(x0, 0), width), min(max(x1, 0), width)
+    y0, y1 = min(max(y0, 0), height), min(max(y1, 0), height)
+    return (x0, y0, x1, y1)
+
+
+def union_box(boxes: Sequence[Sequence[int]]) -> PixelBox:
+    """Smallest box containing all ``boxes`` (non-empty sequence)."""
+    if len(boxes) == 0:
+        raise ValueError("union_box needs at least one box")
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def box_center(box: Sequence[float]) -> tuple[float, float]:
+    """(cx, cy) of a PixelBox (for a GridBox this reads (c_r, c_c))."""
+    return ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
+
+
+def box_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Euclidean distance between box centres (compared against t_obj_dist in A.5)."""
+    (ax, ay), (bx, by) = box_center(a), box_center(b)
+    return math.hypot(ax - bx, ay - by)
+
+
+def merge_overlapping(boxes: Sequence[Sequence[int]]) -> list[PixelBox]:
+    """Merge boxes that overlap with positive area, transitively, into their unions.
+
+    Boxes that merely touch (shared edge or corner) are not merged. A union can
+    create new overlaps, so we iterate to a fixed point.
+
+    Returns:
+        Disjoint boxes sorted by (y0, x0) (then y1, x1 for determinism).
+    """
+    out: list[PixelBox] = [tuple(int(v) for v in b) for b in boxes]  # type: ignore[misc]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                if _intersection(out[i], out[j]) > 0:
+                    out[i] = union_box([out[i], out[j]])
+                    del out[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return sorted(out, key=lambda b: (b[1], b[0], b[3], b[2]))
+
+
+# --------------------------------------------------------------------------- #
+# Canvas composition (A.5: paste ROIs onto an empty canvas by relative position)
+# --------------------------------------------------------------------------- #
+
+
+def _round(x: float) -> int:
+    return math.floor(x + 0.5)  # round-half-up: monotone and unsurprising
+
+
+class _AxisLayout:
+    """Maps one axis of the image onto the canvas.
+
+    Intervals are merged into groups (overlapping *or touching* intervals join,
+    since there is no empty space between them to drop); groups are laid out in
+    order with ``gap`` px between them, each scaled by ``s``. Within a group the
+    map is ``v -> offset + round(s * (v - g0))``, which is monotone, so
+    order along the axis is preserved.
+    """
+
+    def __init__(self, intervals: list[tuple[int, int]], s: float, gap: int) -> None:
+        groups: list[list[int]] = []
+        for lo, hi in sorted(intervals):
+            if groups and lo <= groups[-1][1]:
+                groups[-1][1] = max(groups[-1][1], hi)
+            else:
+                groups.append([lo, hi])
+        self.groups: list[tuple[int, int, int, int]] = []  # (g0, g1, offset, length)
+        off = 0
+        for g0, g1 in groups:
+            length = max(1, _round(s * (g1 - g0)))
+            self.groups.append((g0, g1, off, length))
+            off += length + gap
+        self.size = off - gap
+        self.s = s
+
+    def span(self, lo: int, hi: int) -> tuple[int, int]:
+        """Canvas [lo', hi') of the source interval [lo, hi) (at least 1 px)."""
+        for g0, g1, off, length in self.groups:
+            if g0 <= lo and hi <= g1:
+                a = min(off + _round(self.s * (lo - g0)), off + length - 1)
+                b = min(off + _round(self.s * (hi - g0)), off + length)
+                return a, max(b, a + 1)
+        raise AssertionError(f"interval {(lo, hi)} not covered by any group")  # unreachable
+
+
+def compose_canvas(
+    image: Image.Image,
+    boxes: list[PixelBox],
+    max_crop_side: int | None = None,
+    gap: int = 16,
+    fill: tuple[int, int, int] | None = None,
+) -> tuple[Image.Image, list[PixelBox]]:
+    """Paste crops of ``image`` onto a compact canvas, keeping their relative layout.
+
+    Per axis, boxes are projected to intervals, overlapping/touching intervals
+    are merged, and the merged intervals are laid out in order with ``gap`` px
+    between consecutive ones -- i.e. empty space between crops is dropped but
+    left/right and above/below relations are kept. All crops share one scale
+    ``s = min(1, max_crop_side / largest crop side)`` (``s = 1`` if
+    ``max_crop_side`` is None); ``gap`` is not scaled.
+
+    Boxes that don't overlap in the image don't overlap on the canvas (except
+    that a crop scaling to < 1 px is kept at 1 px and may then overlap a
+    neighbour by 1 px). Boxes that do overlap are pasted in input order (later on top); merge them first
+    with ``merge_overlapping`` if that matters.
+
+    Args:
+        image: source PIL image (any mode; the canvas is RGB).
+        boxes: PixelBoxes in ``image`` coordinates; clipped to the image first.
+        max_crop_side: optional cap on the largest crop side on the canvas.
+        gap: px between consecutive merged intervals on each axis.
+        fill: background RGB; defaults to the image's mean colour.
+
+    Returns:
+        (canvas, canvas_boxes) with ``canvas_boxes[i]`` the placement of ``boxes[i]``.
+
+    Raises:
+        ValueError: empty ``boxes``, a box with zero area after clipping,
+            non-positive ``max_crop_side`` or negative ``gap``.
+    """
+    if len(boxes) == 0:
+        raise ValueError("compose_canvas needs at least one box, got an empty list")
+    if max_crop_side is not None and max_crop_side <= 0:
+        raise ValueError(f"max_crop_side must be positive, got {max_crop_side}")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    W, H = rgb.size
+    clipped: list[PixelBox] = []
+    for i, b in enumerate(boxes):
+        cb = clip_box(b, W, H)
+        if cb[2] <= cb[0] or cb[3] <= cb[1]:
+            raise ValueError(f"box {i} {tuple(b)} has zero area after clipping to the {W}x{H} image: {cb}")
+        clipped.append(cb)
+
+    largest = max(max(b[2] - b[0], b[3] - b[1]) for b in clipped)
+    s = 1.0 if max_crop_side is None else min(1.0, max_crop_side / largest)
+    xs = _AxisLayout([(b[0], b[2]) for b in clipped], s, gap)
+    ys = _AxisLayout([(b[1], b[3]) for b in clipped], s, gap)
+
+    if fill is None:
+        fill = tuple(_round(v) for v in ImageStat.Stat(rgb).mean[:3])  # type: ignore[assignment]
+    canvas = Image.new("RGB", (xs.size, ys.size), fill)
+    out: list[PixelBox] = []
+    for b in clipped:
+        cx0, cx1 = xs.span(b[0], b[2])
+        cy0, cy1 = ys.span(b[1], b[3])
+        crop = rgb.crop(b)
+        if crop.size != (cx1 - cx0, cy1 - cy0):
+            crop = crop.resize((cx1 - cx0, cy1 - cy0), CANVAS_RESAMPLE)
+        canvas.paste(crop, (cx0, cy0))
+        out.append((cx0, cy0, cx1, cy1))
+    return canvas, out
