@@ -1,0 +1,247 @@
+"""The model-adapter interface: everything model-specific FOCUS needs, nothing more.
+
+An adapter wraps a Hugging Face model + processor and offers five things:
+  relevance_pass(image, target)   one forward of "Is there a {target} in the image?" with the KV
+                                  cache -> cached values per layer, the target's token positions
+                                  and the token layout (grid of sequence positions + pixel boxes)
+  existence_logits(images, target) [B, 2] (l_yes, l_no) for many crops in ONE batched forward
+  generate(images, text)          the final open-ended answer
+  generate_text(prompt)           text-only continuation (target extraction by ICL)
+  calls                           a Counter of every model call, by purpose
+
+The token layout is data (`TokenLayout`), so `search` never needs to know a model family.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+EXISTENCE_PROMPT = "Is there a {target} in the image?"  # sec. 3.2 / A.5, verbatim
+
+
+@dataclass
+class TokenLayout:
+    """Where the relevance grid sits in the sequence and in the ORIGINAL image.
+
+    positions:  `[h, w]` long, sequence index of the visual token of each grid cell.
+    cell_boxes: `[h, w, 4]` float, (x0, y0, x1, y1) of each cell in original-image pixels
+                (zero-area for cells that lie entirely in padding).
+    image_size: (W, H) of the original image.
+    """
+    positions: torch.Tensor
+    cell_boxes: torch.Tensor
+    image_size: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.positions.shape)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """`[h, w]` bool: cells that cover some pixels of the original image."""
+        b = self.cell_boxes
+        return (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
+
+    def pooled(self, factor: int) -> "TokenLayout":
+        """Layout of a map average-pooled by `factor` (ceil mode): each cell = union of its cells."""
+        if factor <= 1:
+            return self
+        h, w = self.shape
+        H, W = math.ceil(h / factor), math.ceil(w / factor)
+        boxes = torch.zeros(H, W, 4)
+        pos = torch.full((H, W), -1, dtype=torch.long)  # pooled cells have no single position
+        valid = self.valid
+        for r in range(H):
+            for c in range(W):
+                sub = self.cell_boxes[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+                ok = valid[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+                if ok.any():
+                    s = sub[ok]
+                    boxes[r, c] = torch.stack([s[:, 0].min(), s[:, 1].min(), s[:, 2].max(), s[:, 3].max()])
+        return TokenLayout(pos, boxes, self.image_size)
+
+
+@dataclass
+class RelevancePass:
+    """What one existence forward pass over the whole image gives FOCUS."""
+    values: list[torch.Tensor]          # per decoder layer, `[H_kv, N, D]` cached values (one sequence)
+    target_idx: torch.Tensor            # `[s]` sequence positions of the target's text tokens
+    target_tokens: list[str]
+    layout: TokenLayout
+    yes_no: torch.Tensor                # `[2]` (l_yes, l_no) at the last position
+    keys_norope: list[torch.Tensor] | None = None  # per layer `[H_kv, N, D]` k_proj outputs (K-K ablation)
+    seq_len: int = 0
+
+
+def yes_confidence(yes_no: torch.Tensor) -> torch.Tensor:
+    """c_yes = 2 * (softmax([l_yes, l_no])_yes - 0.5), in [-1, 1] (A.5 eq. 5). `[..., 2] -> [...]`."""
+    return 2.0 * (torch.softmax(yes_no.float(), dim=-1)[..., 0] - 0.5)
+
+
+class MLLM(ABC):
+    """Base adapter. Subclasses implement the prompt format, input building and token layout."""
+
+    family: str = "?"
+    multi_image: bool = False   # global-local models answer on interleaved images (A.5)
+
+    def __init__(self, model, processor, name: str = ""):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched last-position logits stay at index -1
+        self.name = name
+        self.calls: Counter = Counter()
+        self._answer_ids: dict[str, int] = {}
+
+    # ---- model specifics -------------------------------------------------------------
+    @abstractmethod
+    def prompt(self, text: str, n_images: int) -> str:
+        """The model's chat format around a user turn with `n_images` images, ending where the answer starts."""
+
+    @abstractmethod
+    def build_inputs(self, images: list[list[Image.Image]], texts: list[str]):
+        """Processor call for a batch: `images[b]` are the images of prompt `texts[b]`. Returns a BatchFeature."""
+
+    @abstractmethod
+    def layout(self, image: Image.Image, inputs, index: int = 0) -> TokenLayout:
+        """Token layout of the relevance grid for `image` processed into `inputs[index]`."""
+
+    @property
+    @abstractmethod
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        """The LLM's decoder layers (each with .self_attn.k_proj / v_proj)."""
+
+    # ---- generic -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    def answer_token_id(self, word: str) -> int:
+        """Id of the first token the model would emit for `word` as its answer (e.g. "Yes")."""
+        if word not in self._answer_ids:
+            p = self.prompt("Is there a cat in the image?", 0)
+            a = self.tokenizer(p, add_special_tokens=False)["input_ids"]
+            b = self.tokenizer(p + self.answer_prefix + word, add_special_tokens=False)["input_ids"]
+            if b[:len(a)] != a or len(b) == len(a):
+                raise RuntimeError(f"cannot isolate the answer token for {word!r} with this tokenizer")
+            self._answer_ids[word] = b[len(a)]
+        return self._answer_ids[word]
+
+    answer_prefix: str = " "
+
+    def _to_device(self, inputs):
+        dtype = self.model.dtype
+        out = {}
+        for k, v in inputs.items():
+            if torch.is_tensor(v):
+                v = v.to(self.device)
+                if v.is_floating_point():
+                    v = v.to(dtype)
+            out[k] = v
+        return out
+
+    def _target_positions(self, text: str, span: tuple[int, int], inputs, index: int = 0) -> torch.Tensor:
+        """Sequence positions of the tokens covering characters `span` of the prompt `text`.
+
+        Offsets refer to the processor's expanded text (image placeholders repeated), so we
+        measure from the END of the text, which the expansion does not touch.
+        """
+        offsets = inputs["offset_mapping"][index]
+        mask = inputs["attention_mask"][index].bool()
+        ends = offsets[:, 1].clone()
+        ends[~mask] = 0
+        total = int(ends.max())
+        s0 = total - (len(text) - span[0])
+        s1 = total - (len(text) - span[1])
+        hit = (offsets[:, 0] < s1) & (offsets[:, 1] > s0) & mask & (offsets[:, 1] > offsets[:, 0])
+        idx = torch.nonzero(hit).flatten()
+        if idx.numel() == 0:
+            raise RuntimeError(f"target tokens not found for span {span} of {text!r}")
+        return idx
+
+    def grid_layout(self, image: Image.Image) -> TokenLayout:
+        """The token layout alone (processor only, no forward pass), e.g. for the random-map ablation."""
+        text = self.prompt(EXISTENCE_PROMPT.format(target="object"), 1)
+        return self.layout(image, self.build_inputs([[image]], [text]))
+
+    @torch.no_grad()
+    def relevance_pass(self, image: Image.Image, target: str, keys: bool = False) -> RelevancePass:
+        """One forward pass of the existence prompt on the whole image, keeping the KV cache."""
+        question = EXISTENCE_PROMPT.format(target=target)
+        text = self.prompt(question, 1)
+        start = text.rindex(question) + question.index(target)
+        inputs = self.build_inputs([[image]], [text], offsets=True)
+        t_idx = self._target_positions(text, (start, start + len(target)), inputs)
+        lay = self.layout(image, inputs)
+        captured: dict[int, torch.Tensor] = {}
+        hooks = []
+        if keys:
+            for i, layer in enumerate(self.decoder_layers):
+                hooks.append(layer.self_attn.k_proj.register_forward_hook(
+                    lambda m, a, out, i=i: captured.__setitem__(i, out.detach())))
+        try:
+            model_inputs = {k: v for k, v in inputs.items() if k != "offset_mapping"}
+            out = self.model(**self._to_device(model_inputs), use_cache=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.calls["relevance"] += 1
+        cache = out.past_key_values
+        values = [cache.layers[i].values[0].detach() for i in range(len(cache.layers))]
+        keys_norope = None
+        if keys:
+            H, D = values[0].shape[0], values[0].shape[-1]
+            keys_norope = [captured[i][0].view(-1, H, D).transpose(0, 1) for i in range(len(values))]
+        logits = out.logits[0, -1]
+        yes_no = torch.stack([logits[self.answer_token_id("Yes")], logits[self.answer_token_id("No")]]).float()
+        ids = inputs["input_ids"][0]
+        return RelevancePass(values=values, target_idx=t_idx.to(self.device),
+                             target_tokens=self.tokenizer.convert_ids_to_tokens(ids[t_idx].tolist()),
+                             layout=lay, yes_no=yes_no.cpu(), keys_norope=keys_norope, seq_len=ids.numel())
+
+    @torch.no_grad()
+    def existence_logits(self, images: list[Image.Image], target: str) -> torch.Tensor:
+        """`[B, 2]` (l_yes, l_no) for each image with the existence prompt, in ONE batched forward."""
+        if not images:
+            return torch.zeros(0, 2)
+        text = self.prompt(EXISTENCE_PROMPT.format(target=target), 1)
+        inputs = self.build_inputs([[im] for im in images], [text] * len(images))
+        out = self.model(**self._to_device(inputs), use_cache=False, logits_to_keep=1)
+        self.calls["verify"] += 1
+        self.calls["verify_crops"] += len(images)
+        logits = out.logits[:, -1]
+        ids = [self.answer_token_id("Yes"), self.answer_token_id("No")]
+        return logits[:, ids].float().cpu()
+
+    @torch.no_grad()
+    def generate(self, images: list[Image.Image], text: str, max_new_tokens: int = 16,
+                 purpose: str = "answer") -> str:
+        """Greedy open-ended answer to `text` about `images` (one prompt)."""
+        prompt = self.prompt(text, len(images))
+        inputs = self._to_device(self.build_inputs([list(images)], [prompt]))
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        self.calls[purpose] += 1
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def generate_text(self, prompt: str, max_new_tokens: int = 24, purpose: str = "targets") -> str:
+        """Greedy text-only continuation of a raw prompt (no chat format), cut at the first newline."""
+        enc = self.tokenizer(prompt, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        self.calls[purpose] += 1
+        text = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return text.strip().split("\n")[0].strip()
+
