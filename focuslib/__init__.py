@@ -1,0 +1,15 @@
+"""focuslib: FOCUS (NeurIPS 2025) — fine-grained VQA guided by internal MLLM representations.
+
+    from focuslib import load_mllm, Focus, preset
+    mllm = load_mllm("llava-hf/llava-1.5-7b-hf")
+    trace = Focus(mllm, preset(mllm.family, "vstar", n_steps=8)).answer("img.jpg", "What is the color of the car?")
+"""
+from .config import FocusConfig, preset
+from .images import FocusInputError, load_image
+from .models import load_mllm
+from .relevance import object_relevance
+from .search import Focus, Trace
+
+__all__ = ["Focus", "Trace", "FocusConfig", "preset", "load_mllm", "object_relevance", "load_image",
+           "FocusInputError"]
+__version__ = "0.1.0"

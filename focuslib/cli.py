@@ -1,0 +1,153 @@
+"""Command line: `focus ask` (one question about one image) and `focus demo` (the embedded default)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CACHE = Path(os.environ.get("FOCUSLIB_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+
+
+def embedded_default() -> tuple[str, str]:
+    """Path of the embedded default model (built offline on first use) and what it is."""
+    from .tiny import TINY_LLAVA_NOTE, build_tiny_llava
+    path = DEFAULT_CACHE / "tiny-llava-1.5"
+    if not (path / "config.json").exists():
+        print(f"building the embedded tiny LLaVA-1.5 at {path} (offline, ~2 s) ...", file=sys.stderr)
+        build_tiny_llava(path)
+    return str(path), TINY_LLAVA_NOTE
+
+
+def _quiet():
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _print_trace(tr, out=None):
+    p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
+    p(f"answer:       {tr.answer!r}")
+    p(f"targets:      {tr.targets} (type-{tr.qtype}, from {tr.target_source})")
+    for t in tr.per_target:
+        if t.best is not None:
+            r = t.rois[t.best]
+            conf = "not verified" if r.confidence is None else f"c_yes={r.confidence:+.3f}"
+            p(f"  {t.target!r}: best ROI #{t.best} box={r.box} anchor relevance={r.score:.4f} {conf}; "
+              f"{len(t.verified)} of {len(t.rois)} proposals verified")
+    p(f"final input:  {tr.final_mode} {tr.final_size[0]}x{tr.final_size[1]} from boxes {tr.chosen_boxes}")
+    p(f"forward passes: search={tr.search_fp} (paper's count) | all model calls={tr.model_calls}")
+    p(f"time [s]:     " + ", ".join(f"{k}={v:.3f}" for k, v in tr.timings.items()))
+    for n in tr.notes:
+        p(f"note:         {n}")
+
+
+def cmd_ask(a) -> int:
+    _quiet()
+    from .config import preset
+    from .images import FocusInputError, load_image
+    from .models import load_mllm
+    from .search import Focus
+    from .tiny import model_note
+    try:
+        image = load_image(a.image)
+    except FocusInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model = a.model
+    note = model_note(model) if os.path.isdir(model) else None
+    mllm = load_mllm(model, device=a.device, dtype=a.dtype)
+    over = {} if a.overrun is None else {"overrun": a.overrun}
+    cfg = preset(mllm.family, a.benchmark, n_steps=a.n_steps, **over)
+    if a.layers:
+        cfg = cfg.__class__(**{**cfg.__dict__, "layers": tuple(a.layers)})
+    print(f"model: {mllm.name} ({mllm.family}, {mllm.num_layers} layers, {mllm.device})")
+    if note:
+        print(f"WARNING: {note}")
+    tr = Focus(mllm, cfg).answer(image, a.question, targets=a.targets)
+    _print_trace(tr)
+    if a.viz:
+        from .viz import plot_trace
+        plot_trace(tr, image, a.viz)
+        print(f"visualization: {a.viz}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(tr.summary(), indent=1))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    _quiet()
+    from . import synthetic
+    from .config import preset
+    from .models import load_mllm
+    from .rois import box_iou
+    from .search import Focus
+    from .viz import plot_trace
+    path, note = (a.model, None) if a.model else embedded_default()
+    mllm = load_mllm(path, device=a.device, dtype=a.dtype)
+    print(f"model: {path} ({mllm.family}, {mllm.num_layers} layers)")
+    if note:
+        print(f"WARNING: {note}. This demo shows the mechanics, not the accuracy.")
+    item = synthetic.generate(1, seed=a.seed)[0]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    item.image.save(out / "demo_image.jpg")
+    print(f"image: {out / 'demo_image.jpg'} {item.image.size[0]}x{item.image.size[1]} (synthetic, seed {a.seed})")
+    print(f"question: {item.question}  options: {item.options}  label: {item.label}")
+    f = Focus(mllm, preset(mllm.family, "vstar", n_steps=a.n_steps))
+    tr = f.answer(item.image, item.text)
+    _print_trace(tr)
+    gt = item.bboxes[0]
+    gt_box = (gt[0], gt[1], gt[0] + gt[2], gt[1] + gt[3])
+    hit = any(box_iou(gt_box, b) > 0 for b in tr.chosen_boxes)
+    print(f"ground truth: label {item.label}, box {gt_box}; chosen crop overlaps it: {hit}; "
+          f"answer correct: {tr.answer == item.label}")
+    print(f"vanilla (whole image) answer: {f.vanilla(item.image, item.text)!r}")
+    plot_trace(tr, item.image, out / "demo_focus.png")
+    (out / "demo_trace.json").write_text(json.dumps(tr.summary(), indent=1))
+    print(f"visualization: {out / 'demo_focus.png'}  trace: {out / 'demo_trace.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="focus", description="FOCUS fine-grained VQA (NeurIPS 2025) with HF MLLMs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+        p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+        p.add_argument("--n-steps", type=int, default=8)
+
+    ask = sub.add_parser("ask", help="answer one question about one image")
+    ask.add_argument("--model", required=True, help="hub id (e.g. llava-hf/llava-1.5-7b-hf) or local path")
+    ask.add_argument("--image", required=True)
+    ask.add_argument("--question", required=True)
+    ask.add_argument("--targets", nargs="+", default=None, help="skip extraction ('all X' marks type-2)")
+    ask.add_argument("--benchmark", default=None, help="preset variant, e.g. vstar (Tab. 7)")
+    ask.add_argument("--overrun", dest="overrun", action="store_true", default=None)
+    ask.add_argument("--no-overrun", dest="overrun", action="store_false")
+    ask.add_argument("--layers", nargs=2, type=int, default=None, metavar=("L0", "L1"),
+                     help="half-open layer range of a model with the preset's depth")
+    ask.add_argument("--viz", default=None, help="write a PNG of maps, ROIs and final input")
+    ask.add_argument("--json", default=None, help="write the trace summary as JSON")
+    common(ask)
+    ask.set_defaults(func=cmd_ask)
+
+    demo = sub.add_parser("demo", help="FOCUS on the embedded default model and a synthetic image")
+    demo.add_argument("--model", default=None, help="use this model instead of the embedded default")
+    demo.add_argument("--out", default="figures/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

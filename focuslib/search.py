@@ -1,0 +1,281 @@
+"""The FOCUS algorithm (paper sec. 3, Algorithm box in A.5): `Focus(mllm, config).answer(image, question)`.
+
+  (I)   targets     extract the target object(s) and the question type (focuslib.targets)
+  (II)  relevance   per target, ONE forward pass of "Is there a {target} in the image?"; the
+                    cached values give the object relevance map (focuslib.relevance)
+  (III) proposals   anchors -> symmetric ROIs -> growth -> ranking -> NMS (focuslib.rois)
+  (IV)  ranking     existence confidence c_yes of the top n_steps crops in ONE batched forward,
+                    with the overrun rule
+  (V)   answer      open-ended generation on the best crop / union / canvas (A.5)
+
+Everything that happened is returned as a `Trace`. Search forward passes are counted the
+paper's way (decisions.md D12): one per target for the map + one per verified crop; target
+extraction and the final answer are not search passes but are in `model_calls`.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from PIL import Image, ImageDraw
+
+from . import rois as R
+from .config import FocusConfig
+from .images import FocusInputError, crop, load_image
+from .models.base import MLLM, RelevancePass, TokenLayout, yes_confidence
+from .relevance import object_relevance, random_relevance, smooth_and_downsample
+from .targets import TargetSpec, extract_targets, icl_prompt
+
+MapHook = Callable[[str, TokenLayout, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RoiTrace:
+    grid: tuple[int, int, int, int]   # (r0, c0, r1, c1) on the map
+    box: tuple[int, int, int, int]    # (x0, y0, x1, y1) in the original image
+    anchor: tuple[int, int]
+    score: float                      # relevance at the anchor (proposal rank key)
+    confidence: float | None = None   # c_yes in [-1, 1], None if not verified
+
+
+@dataclass
+class TargetTrace:
+    target: str
+    tokens: list[str]
+    map: torch.Tensor                 # [h, w] object relevance map (sum 1)
+    layout: TokenLayout               # the map's grid in the original image
+    rois: list[RoiTrace]              # ranked proposals after NMS
+    verified: list[int] = field(default_factory=list)   # indices into rois, in verification order
+    best: int | None = None           # index into rois of the chosen ROI
+    selected: list[int] = field(default_factory=list)   # type-2: ROIs above t_type2
+    whole_image_yes: float | None = None                 # c_yes of the map pass itself
+
+
+@dataclass
+class Trace:
+    question: str
+    targets: list[str]
+    qtype: int
+    target_source: str
+    per_target: list[TargetTrace]
+    chosen_boxes: list[tuple[int, int, int, int]]
+    final_mode: str                   # whole | crop | union | canvas | multi-image
+    final_size: tuple[int, int]
+    answer: str
+    search_fp: int
+    model_calls: dict[str, int]
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    final_images: list[Image.Image] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        """JSON-friendly summary (no tensors, no images)."""
+        return {
+            "question": self.question, "answer": self.answer, "targets": self.targets,
+            "qtype": self.qtype, "target_source": self.target_source,
+            "chosen_boxes": [list(b) for b in self.chosen_boxes], "final_mode": self.final_mode,
+            "final_size": list(self.final_size), "search_fp": self.search_fp,
+            "model_calls": dict(self.model_calls), "timings": dict(self.timings), "notes": list(self.notes),
+            "per_target": [{
+                "target": t.target, "tokens": t.tokens, "map_shape": list(t.map.shape),
+                "best": t.best, "verified": t.verified, "selected": t.selected,
+                "rois": [asdict(r) for r in t.rois]} for t in self.per_target],
+        }
+
+
+class _Clock:
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+        self.t: dict[str, float] = Counter()
+
+    def __call__(self, name):
+        clock = self
+
+        class _Span:
+            def __enter__(self):
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                clock.t[name] += time.perf_counter() - self.t0
+        return _Span()
+
+
+class Focus:
+    """FOCUS on any adapter. `map_hook(target, layout, map) -> map` replaces/edits maps (tests, studies)."""
+
+    def __init__(self, mllm: MLLM, config: FocusConfig | None = None, map_hook: MapHook | None = None):
+        self.mllm = mllm
+        self.config = config or FocusConfig()
+        self.map_hook = map_hook
+
+    # ---- (I) -------------------------------------------------------------------------
+    def targets(self, question: str, user_targets: list[str] | None = None) -> TargetSpec:
+        gen = (lambda p: self.mllm.generate_text(p)) if not user_targets else None
+        return extract_targets(question, generate=gen, user_targets=user_targets)
+
+    # ---- (II) ------------------------------------------------------------------------
+    def relevance_map(self, image: Image.Image, target: str) -> tuple[torch.Tensor, TokenLayout, RelevancePass | None]:
+        """`[h, w]` map (sum 1, zero on padding cells) and its layout for one target."""
+        cfg = self.config
+        if cfg.map_variant == "random":
+            layout, rp = self.mllm.grid_layout(image), None
+            h, w = layout.shape
+            m = random_relevance(h * w, seed=cfg.seed).view(h, w)
+        else:
+            rp = self.mllm.relevance_pass(image, target, keys=cfg.map_variant == "kk")
+            layout = rp.layout
+            feats = rp.keys_norope if cfg.map_variant == "kk" else rp.values
+            layers = cfg.resolved_layers(self.mllm.num_layers)
+            vis = layout.positions.flatten()
+            m = object_relevance(feats, rp.target_idx, vis, layers, cfg.clamp_negative).view(layout.shape).cpu()
+        m = m * layout.valid
+        if cfg.gaussian_sigma or cfg.downsample > 1:
+            m = smooth_and_downsample(m, cfg.gaussian_sigma, cfg.downsample)
+            layout = layout.pooled(cfg.downsample)
+            m = m * layout.valid
+        if self.map_hook is not None:
+            m = self.map_hook(target, layout, m)
+        return m / m.sum().clamp_min(1e-30), layout, rp
+
+    # ---- (III) -----------------------------------------------------------------------
+    def proposals(self, rel_map: torch.Tensor, layout: TokenLayout) -> list[RoiTrace]:
+        cfg = self.config
+        out = []
+        for roi in R.propose_rois(rel_map, cfg.k, cfg.s_min, cfg.s_max, cfg.s_dist, cfg.t_expand,
+                                  cfg.nms_threshold, valid=layout.valid):
+            box = R.grid_to_pixel(roi.grid, layout.cell_boxes)
+            if box is not None:
+                out.append(RoiTrace(tuple(roi.grid), tuple(box), tuple(roi.anchor), float(roi.score)))
+        return out
+
+    # ---- (IV) ------------------------------------------------------------------------
+    def _verify(self, image, target: str, rois: list[RoiTrace], idx: list[int]) -> None:
+        bs = max(1, self.config.verify_batch_size)
+        for chunk in (idx[i:i + bs] for i in range(0, len(idx), bs)):
+            crops = [crop(image, rois[i].box) for i in chunk]
+            conf = yes_confidence(self.mllm.existence_logits(crops, target))
+            for i, c in zip(chunk, conf.tolist()):
+                rois[i].confidence = float(c)
+
+    def rank(self, image, tt: TargetTrace, qtype: int) -> int:
+        """Verify crops and pick the best ROI; returns the number of crops verified (search FPs)."""
+        cfg, rois = self.config, tt.rois
+        if not rois:
+            return 0
+        if qtype == 2 and cfg.ranking:
+            # type-2: every proposal is verified, not limited by n_steps (sec. 3.3)
+            tt.verified = list(range(len(rois)))
+            self._verify(image, tt.target, rois, tt.verified)
+            tt.selected = [i for i in tt.verified if rois[i].confidence > cfg.t_type2]
+            tt.best = max(tt.verified, key=lambda i: rois[i].confidence)
+            return len(tt.verified)
+        if not cfg.ranking or len(rois) == 1 or (cfg.n_steps <= 1 and not cfg.overrun):
+            tt.best = 0  # nothing to rank: the top-relevance ROI
+            return 0
+        first = list(range(min(cfg.n_steps, len(rois))))
+        self._verify(image, tt.target, rois, first)  # ONE batched forward for the top n_steps
+        tt.verified = list(first)
+        if cfg.overrun and all(rois[i].confidence <= 0 for i in first):
+            # overrun (C.1): keep going down the list until the model says Yes (l_yes > l_no)
+            for i in range(len(first), len(rois)):
+                self._verify(image, tt.target, rois, [i])
+                tt.verified.append(i)
+                if rois[i].confidence > 0:
+                    break
+        tt.best = max(tt.verified, key=lambda i: (rois[i].confidence, -i))
+        return len(tt.verified)
+
+    # ---- (V) -------------------------------------------------------------------------
+    def compose(self, image: Image.Image, per_target: list[TargetTrace], qtype: int, notes: list[str]):
+        """Final input (A.5). Returns (mode, images, boxes)."""
+        cfg = self.config
+        if qtype == 2:
+            boxes = []
+            for t in per_target:
+                keep = t.selected or ([t.best] if t.best is not None else [])
+                if not t.selected and t.best is not None:
+                    notes.append(f"type-2: no ROI of {t.target!r} above t_type2={cfg.t_type2}; using the best one")
+                boxes += [t.rois[i].box for i in keep]
+            boxes = R.merge_overlapping(boxes)
+        else:
+            boxes = [t.rois[t.best].box for t in per_target if t.best is not None]
+        if not boxes:
+            return "whole", [image], []
+        if self.mllm.multi_image:
+            return "multi-image", [highlight(image, boxes)] + [crop(image, b) for b in boxes], boxes
+        if len(boxes) == 1:
+            return "crop", [crop(image, boxes[0])], boxes
+        far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(boxes, 2))
+        if qtype == 2 or far:
+            canvas, _ = R.compose_canvas(image, boxes, max_crop_side=cfg.canvas_max_crop_side)
+            return "canvas", [canvas], boxes
+        return "union", [crop(image, R.union_box(boxes))], [R.union_box(boxes)]
+
+    # ---- all together ----------------------------------------------------------------
+    def answer(self, image, question: str, targets: list[str] | None = None,
+               answer_prompt: str | None = None) -> Trace:
+        """Answer `question` about `image` (path or PIL) with FOCUS.
+
+        targets: skip extraction and use these (a leading "all " marks type-2).
+        answer_prompt: text for the final answer if it differs from `question` (default: question).
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise FocusInputError("the question is empty")
+        image = load_image(image)
+        cfg, m = self.config, self.mllm
+        before = Counter(m.calls)
+        clock = _Clock(m.device)
+        notes: list[str] = []
+        with clock("total"):
+            with clock("targets"):
+                spec = self.targets(question, targets)
+            if spec.note:
+                notes.append(spec.note)
+            per_target: list[TargetTrace] = []
+            fp = 0
+            for target in spec.targets:
+                with clock("relevance"):
+                    rel, layout, rp = self.relevance_map(image, target)
+                fp += rp is not None
+                with clock("proposals"):
+                    props = self.proposals(rel, layout)
+                tt = TargetTrace(target, rp.target_tokens if rp else [], rel, layout, props,
+                                 whole_image_yes=float(yes_confidence(rp.yes_no)) if rp else None)
+                with clock("verify"):
+                    fp += self.rank(image, tt, spec.qtype)
+                per_target.append(tt)
+            if not spec.targets:
+                notes.append("no target could be extracted from the question: answering on the whole image")
+            mode, images, boxes = self.compose(image, per_target, spec.qtype, notes)
+            with clock("answer"):
+                ans = m.generate(images, answer_prompt or question, max_new_tokens=cfg.max_new_tokens)
+        calls = Counter(m.calls)
+        calls.subtract(before)
+        calls = {k: v for k, v in calls.items() if v}
+        calls["total"] = sum(v for k, v in calls.items() if k != "verify_crops")
+        return Trace(question=question, targets=spec.targets, qtype=spec.qtype, target_source=spec.source,
+                     per_target=per_target, chosen_boxes=[tuple(b) for b in boxes], final_mode=mode,
+                     final_size=images[0].size, answer=ans, search_fp=fp, model_calls=calls,
+                     timings=dict(clock.t), notes=notes, final_images=images)
+
+    def vanilla(self, image, question: str) -> str:
+        """The base model on the whole image (the paper's vanilla baseline)."""
+        return self.mllm.generate([load_image(image)], question, max_new_tokens=self.config.max_new_tokens)
+
+
+def highlight(image: Image.Image, boxes, color=(255, 0, 0), width: int | None = None) -> Image.Image:
+    """The global view with every chosen ROI outlined (final input of global-local models, A.5)."""
+    out = image.copy()
+    d = ImageDraw.Draw(out)
+    width = width or max(2, round(max(image.size) / 200))
+    for b in boxes:
+        d.rectangle([b[0], b[1], b[2] - 1, b[3] - 1], outline=color, width=width)
+    return out

@@ -1,0 +1,176 @@
+"""FOCUS end to end on the tiny LLaVA: trace, FP accounting, final-input paths, coordinates."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from focuslib import rois as R
+from focuslib.config import preset
+from focuslib.models.base import yes_confidence
+from focuslib.search import Focus
+
+Q = "What is the color of the car?\n(A) red\n(B) blue\nAnswer with the option's letter from the given choices directly."
+
+
+def scripted(mllm, yes_at):
+    """Make existence verification say Yes exactly for the crops whose ROI rank is in `yes_at`
+    (per target, counted in call order), No otherwise; records every batch size."""
+    state = {"seen": 0, "batches": []}
+    real = mllm.existence_logits
+
+    def fake(images, target):
+        real(images, target)  # keep the real batched forward (and its call count)
+        out = []
+        for _ in images:
+            out.append([2.0, -2.0] if state["seen"] in yes_at else [-2.0, 2.0])
+            state["seen"] += 1
+        state["batches"].append(len(images))
+        return torch.tensor(out)
+    return fake, state
+
+
+@pytest.mark.parametrize("n_steps,overrun,yes_at,expect_verified", [
+    (1, False, set(), 0),          # nothing to rank: Steps-1 (no overrun) = 1 FP per target
+    (2, False, set(), 2),          # 1 map pass + 2 crops
+    (4, False, {9}, 4),
+    (1, True, {0}, 1),             # overrun not needed
+    (1, True, {3}, 4),             # No, No, No, Yes -> 4 crops
+    (2, True, {5}, 6),             # batch of 2 says No, then 2,3,4,5 one by one
+    (4, True, {2}, 4),             # a Yes inside the batch: no overrun
+    (4, True, set(), None),        # never Yes: every ROI verified, best confidence wins
+])
+def test_fp_accounting(tiny_llava, monkeypatch, n_steps, overrun, yes_at, expect_verified):
+    fake, state = scripted(tiny_llava, yes_at)
+    monkeypatch.setattr(tiny_llava, "existence_logits", fake)
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=n_steps, overrun=overrun, k=12, s_max=3))
+    noise = np.random.default_rng(0).integers(0, 255, (600, 900, 3), dtype=np.uint8)
+    tr = f.answer(Image.fromarray(noise), Q, targets=["red car"])
+    t = tr.per_target[0]
+    n_rois = len(t.rois)
+    assert n_rois >= 8
+    expect = n_rois if expect_verified is None else expect_verified
+    assert len(t.verified) == expect
+    assert tr.search_fp == 1 + expect                  # the paper's accounting (one target)
+    assert tr.model_calls["relevance"] == 1 and tr.model_calls["answer"] == 1
+    assert tr.model_calls.get("verify_crops", 0) == expect
+    if expect:
+        assert state["batches"][0] == min(n_steps, n_rois)   # the top n_steps in ONE forward
+        assert all(b == 1 for b in state["batches"][1:])      # overrun goes one by one
+        assert tr.model_calls["verify"] == len(state["batches"])
+    if yes_at and min(yes_at) < expect:
+        assert t.best == min(yes_at)
+        assert t.rois[t.best].confidence > 0
+    assert tr.chosen_boxes == [t.rois[t.best].box]
+    assert tr.answer == tr.answer.strip() and tr.final_mode == "crop"
+
+
+def test_trace_is_complete(tiny_llava):
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=2))
+    tr = f.answer(Image.new("RGB", (800, 500), (200, 10, 10)), Q)
+    assert tr.targets and tr.target_source in ("icl", "keyword") and tr.qtype == 1
+    t = tr.per_target[0]
+    assert t.map.shape == t.layout.shape == (24, 24)
+    assert abs(float(t.map.sum()) - 1) < 1e-5 and float(t.map[~t.layout.valid].sum()) == 0
+    scores = [r.score for r in t.rois]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 <= r.box[0] < r.box[2] <= 800 and 0 <= r.box[1] < r.box[3] <= 500 for r in t.rois)
+    assert all(r.confidence is not None for i, r in enumerate(t.rois) if i in t.verified)
+    assert {"targets", "relevance", "verify", "answer", "total"} <= set(tr.timings)
+    s = tr.summary()
+    import json
+    json.dumps(s)
+    assert s["search_fp"] == tr.search_fp and list(s["per_target"][0]["rois"][0]["box"]) == list(t.rois[0].box)
+
+
+def _hot(cell):
+    def hook(target, layout, m):
+        out = torch.zeros_like(m)
+        out[cell] = 1.0
+        return out
+    return hook
+
+
+@pytest.mark.parametrize("size,cell", [((900, 900), (5, 17)), ((1800, 600), (10, 3)), ((600, 1800), (20, 9))])
+def test_planted_map_coordinates(tiny_llava, size, cell):
+    """A one-hot map at a cell -> the crop FOCUS answers on contains that cell's pixels, which we
+    paint with a marker colour and find in the final image."""
+    W, H = size
+    lay = tiny_llava.grid_layout(Image.new("RGB", size))
+    cell = (min(cell[0], int(torch.nonzero(lay.valid)[:, 0].max())),
+            max(cell[1], 0))
+    cell = tuple(int(v) for v in torch.nonzero(lay.valid)[
+        torch.argmin(((torch.nonzero(lay.valid) - torch.tensor(cell)) ** 2).sum(1))])
+    x0, y0, x1, y1 = (int(v) for v in lay.cell_boxes[cell])
+    arr = np.full((H, W, 3), 40, np.uint8)
+    arr[y0 + 3:y1 - 3, x0 + 3:x1 - 3] = (255, 0, 255)
+    img = Image.fromarray(arr)
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=1, overrun=False), map_hook=_hot(cell))
+    tr = f.answer(img, Q, targets=["car"])
+    t = tr.per_target[0]
+    assert t.rois[0].anchor == cell and t.best == 0
+    bx = tr.chosen_boxes[0]
+    assert bx[0] <= x0 and bx[1] <= y0 and bx[2] >= x1 and bx[3] >= y1
+    final = np.asarray(tr.final_images[0])
+    assert final.shape[:2] == (bx[3] - bx[1], bx[2] - bx[0])
+    assert ((final == (255, 0, 255)).all(-1)).sum() == (x1 - x0 - 6) * (y1 - y0 - 6)
+
+
+def test_multi_target_union_and_canvas(tiny_llava):
+    img = Image.new("RGB", (2400, 1200), (50, 50, 50))
+    lay = tiny_llava.grid_layout(img)
+    near = {"cat": (10, 4), "dog": (10, 7)}
+    far = {"cat": (10, 1), "dog": (10, 22)}
+    for cells, mode in [(near, "union"), (far, "canvas")]:
+        hook = lambda target, layout, m, cells=cells: _hot(cells[target])(target, layout, m)
+        f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=1, overrun=False), map_hook=hook)
+        tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
+        assert tr.final_mode == mode and tr.search_fp == 2
+        boxes = [t.rois[t.best].box for t in tr.per_target]
+        if mode == "union":
+            assert tr.chosen_boxes == [R.union_box(boxes)]
+            assert tr.final_size == (tr.chosen_boxes[0][2] - tr.chosen_boxes[0][0],
+                                     tr.chosen_boxes[0][3] - tr.chosen_boxes[0][1])
+        else:
+            assert R.box_distance(*boxes) > 1200 and tr.chosen_boxes == boxes
+            assert tr.final_size[0] < 2400   # the empty space between them is dropped
+
+
+def test_type2_selects_all_confident_rois(tiny_llava, monkeypatch):
+    fake, state = scripted(tiny_llava, {0, 3, 4})
+    monkeypatch.setattr(tiny_llava, "existence_logits", fake)
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=2, k=10))
+    tr = f.answer(Image.new("RGB", (1200, 1200), (80, 80, 80)), "How many birds are in the image?",
+                  targets=["all birds"])
+    t = tr.per_target[0]
+    assert tr.qtype == 2 and tr.targets == ["birds"]
+    assert len(t.verified) == len(t.rois) > 2            # not limited by n_steps
+    assert t.selected == [0, 3, 4]
+    assert tr.search_fp == 1 + len(t.rois)
+    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in (0, 3, 4)])
+    assert tr.final_mode in ("canvas", "crop")
+
+
+def test_batched_verification_equals_one_by_one(tiny_llava):
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 255, (900, 1300, 3), dtype=np.uint8))
+    crops = [img.crop(b) for b in [(0, 0, 300, 300), (100, 50, 700, 250), (900, 600, 1300, 900),
+                                   (10, 10, 60, 400), (500, 500, 501, 501)]]
+    batched = tiny_llava.existence_logits(crops, "red car")
+    single = torch.cat([tiny_llava.existence_logits([c], "red car") for c in crops])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(yes_confidence(batched), yes_confidence(single), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["kk", "random"])
+def test_ablation_variants(tiny_llava, variant):
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=2, map_variant=variant))
+    tr = f.answer(Image.new("RGB", (700, 500), (1, 2, 3)), Q, targets=["car"])
+    assert tr.per_target[0].map.shape == (24, 24)
+    # the random map needs no forward pass: only the verified crops count
+    assert tr.search_fp == (0 if variant == "random" else 1) + len(tr.per_target[0].verified)
+
+
+def test_no_ranking_ablation(tiny_llava):
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=8, ranking=False))
+    tr = f.answer(Image.new("RGB", (700, 500), (1, 2, 3)), Q, targets=["car"])
+    assert tr.search_fp == 1 and tr.per_target[0].best == 0
