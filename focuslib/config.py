@@ -73,10 +73,10 @@ PRESETS: dict[str, dict] = {
         "k_small_budget": None,
     },
     "qwen2.5-vl": {
-        # not in Tab. 7: chosen from A.3's advice (decisions.md D13)
-        "base": dict(k=30, s_min=3, s_max=5, s_dist=2.0, layers=(14, 28), ref_layers=28,
-                     t_type2=0.5, t_obj_dist=float("inf"), gaussian_sigma=1.0, downsample=2),
-        "benchmarks": {},
+        # not in Tab. 7: chosen from A.3's advice (decisions.md D13); the merged-patch grid is not pooled
+        "base": dict(k=30, s_min=3, s_max=7, s_dist=2.0, layers=(14, 28), ref_layers=28,
+                     t_type2=0.5, t_obj_dist=float("inf"), gaussian_sigma=1.0, downsample=1),
+        "benchmarks": {"vstar": dict(s_max=9)},
         "k_small_budget": None,
     },
 }

@@ -7,10 +7,14 @@ import torch
 
 from .base import EXISTENCE_PROMPT, MLLM, RelevancePass, TokenLayout, yes_confidence
 from .llava import LlavaAdapter
+from .onevision import OneVisionAdapter
+from .qwen import QwenVLAdapter
 
 # config.model_type -> (adapter class, transformers model class name)
 FAMILIES: dict[str, tuple[type[MLLM], str]] = {
     "llava": (LlavaAdapter, "LlavaForConditionalGeneration"),
+    "llava_onevision": (OneVisionAdapter, "LlavaOnevisionForConditionalGeneration"),
+    "qwen2_5_vl": (QwenVLAdapter, "Qwen2_5_VLForConditionalGeneration"),
 }
 
 HUB_IDS = {
@@ -37,8 +41,11 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
 
 
 def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
-              attn_implementation: str = "sdpa") -> MLLM:
+              attn_implementation: str = "sdpa", **adapter_kwargs) -> MLLM:
     """Load a supported MLLM by hub id (or a short alias from HUB_IDS) or local path.
+
+    adapter_kwargs go to the family's adapter, e.g. `max_pixels=...` / `min_pixels=...` (Qwen2.5-VL),
+    `vision_aspect_ratio="anyres_max_9"`, `image_grid_pinpoints=...`, `interleave=...` (LLaVA-OneVision).
 
     Attention stays SDPA/flash: FOCUS never needs attention weights.
     """
@@ -63,9 +70,10 @@ def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
     adapter_cls, model_cls = FAMILIES[cfg.model_type]
     model = getattr(transformers, model_cls).from_pretrained(
         name, dtype=dt, attn_implementation=attn_implementation).to(device)
-    processor = AutoProcessor.from_pretrained(name)
-    return adapter_cls(model, processor, name=name)
+    loader = getattr(adapter_cls, "load_processor", None)
+    processor = loader(name) if loader else AutoProcessor.from_pretrained(name)
+    return adapter_cls(model, processor, name=name, **adapter_kwargs)
 
 
 __all__ = ["MLLM", "TokenLayout", "RelevancePass", "EXISTENCE_PROMPT", "yes_confidence",
-           "load_mllm", "LlavaAdapter", "FAMILIES", "HUB_IDS"]
+           "load_mllm", "LlavaAdapter", "OneVisionAdapter", "QwenVLAdapter", "FAMILIES", "HUB_IDS"]

@@ -1,0 +1,277 @@
+"""LLaVA-OneVision adapter on the tiny OV model (real processor settings, local vision features).
+
+Layout by painting (anyres tiles, unpadding, anyres_max_9 downsizing), cached values = v_proj, FOCUS end to
+end (trace, FP accounting, type-1 / multi-target / type-2, interleaved final input and its token count),
+batched verification of crops with different token counts, and `focus ask`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from focuslib import rois as R
+from focuslib.config import preset
+from focuslib.models import EXISTENCE_PROMPT, OneVisionAdapter
+from focuslib.search import Focus
+from test_layout_llava import _inner, _paint   # same painting helpers as LLaVA-1.5
+from test_search import Q, scripted
+
+
+class _Stop(Exception):
+    pass
+
+
+def llm_input_embeds(mllm, image):
+    """The LLM's input embeddings for the existence prompt on `image` (the LLM itself is not run)."""
+    got = {}
+
+    def grab(m, a, kw):
+        got["e"] = kw["inputs_embeds"][0].detach()
+        raise _Stop
+    h = mllm.model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    inputs = mllm.build_inputs([[image]], [mllm.prompt(EXISTENCE_PROMPT.format(target="dog"), 1)])
+    try:
+        with torch.no_grad():
+            mllm.model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got["e"], mllm.layout(image, inputs)
+
+
+def changed_cells(mllm, base, painted, cache={}):
+    key = (id(mllm), id(base))
+    if key not in cache:
+        cache.clear()
+        cache[key] = (base, llm_input_embeds(mllm, base))
+    e0, lay = cache[key][1]
+    e1, lay1 = llm_input_embeds(mllm, painted)
+    assert torch.equal(lay.positions, lay1.positions)
+    return (e0 - e1).abs().amax(-1)[lay.positions] > 1e-5, lay
+
+
+def _noise(w, h, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+# ---- 1. layout by painting ---------------------------------------------------------------------------
+CASES = {  # size: (tiles, unpadded grid, local grid, downsized)
+    (500, 500): ((2, 2), (54, 54), (54, 54), False),      # square, 2 x 2 tiles, nothing cut
+    (1000, 300): ((1, 3), (25, 81), (25, 81), False),     # wide 3.3:1 -> 1 x 3 tiles, 1 row unpadded each side
+    (300, 1000): ((3, 1), (81, 25), (81, 25), False),     # tall 1:3.3 -> 3 x 1 tiles, columns unpadded
+    (1200, 1200): ((4, 4), (108, 108), (81, 81), True),   # 16 tiles > anyres_max_9 * 1.1 -> bilinear 81 x 81
+    (2400, 800): ((2, 6), (54, 162), (46, 140), True),    # wide 3:1, downsized
+}
+
+
+@pytest.mark.parametrize("size", list(CASES))
+def test_grid_geometry_matches_processor(tiny_ov, size):
+    tiles, unpadded, grid, down = CASES[size]
+    shape, ys, xs, info = tiny_ov.local_grid(size)
+    assert info["tiles"] == tiles and info["unpadded"] == unpadded and tuple(shape) == grid
+    assert info["downsized"] == down
+    lay = tiny_ov.grid_layout(Image.new("RGB", size))
+    assert lay.shape == grid
+    # the processor's expansion of <image> is exactly base view + local grid + one newline per row
+    text = tiny_ov.prompt("x", 1)
+    n = int((tiny_ov.build_inputs([[Image.new("RGB", size)]], [text])["input_ids"] == tiny_ov.image_token_id).sum())
+    assert n == 729 + grid[0] * (grid[1] + 1) == tiny_ov.num_image_tokens(size)
+    # cells tile the image, monotone; unpadding works in whole patches, so at most a fraction of a cell
+    # at a border is seen by no local token (1000 x 300: y in [299.13, 300))
+    assert (xs[1:] >= xs[:-1]).all() and (ys[1:] >= ys[:-1]).all()
+    for e, n, full in [(xs, shape[1], size[0]), (ys, shape[0], size[1])]:
+        cell = full / n
+        assert 0 <= float(e[0]) < cell and full - cell < float(e[-1]) <= full
+
+
+def _picks(lay):
+    rows, cols = torch.nonzero(lay.valid, as_tuple=True)
+    r_lo, r_hi, c_lo, c_hi = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    return [[(r_lo + 1, c_lo + 1)], [((r_lo + r_hi) // 2, (c_lo + c_hi) // 2)], [(r_hi - 1, c_hi - 2)],
+            [(r_lo + 3, c_hi - 5), (r_lo + 3, c_hi - 4), (r_lo + 4, c_hi - 5), (r_lo + 4, c_hi - 4)]]
+
+
+@pytest.mark.parametrize("size", [s for s, c in CASES.items() if not c[3]])
+def test_painted_region_lands_on_its_cells(tiny_ov, size):
+    base = _noise(*size, seed=1)
+    lay = tiny_ov.grid_layout(base)
+    for cells in _picks(lay):
+        boxes = torch.stack([lay.cell_boxes[r, c] for r, c in cells])
+        region = (float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max()))
+        changed, lay2 = changed_cells(tiny_ov, base, _paint(base, _inner(region, 0.3 / len(cells) ** 0.5)))
+        assert torch.equal(lay2.positions, lay.positions)
+        expected = torch.zeros_like(changed)
+        for r, c in cells:
+            expected[r, c] = True
+        assert torch.equal(changed, expected), (size, cells, torch.nonzero(changed).tolist())
+
+
+@pytest.mark.parametrize("size", [s for s, c in CASES.items() if c[3]])
+def test_painted_region_downsized_grid(tiny_ov, size):
+    """anyres_max_9 shrinks the canvas bilinearly, mixing neighbours: the changed cells must lie within the
+    cells overlapping the painted box dilated by one cell, and include the cell at its centre."""
+    base = Image.new("RGB", size, (90, 120, 60))
+    lay = tiny_ov.grid_layout(base)
+    h, w = lay.shape
+    for r, c in [(2, 3), (h // 2, w // 2), (h - 3, w - 4)]:
+        x0, y0, x1, y1 = (float(v) for v in lay.cell_boxes[r, c])
+        changed, _ = changed_cells(tiny_ov, base, _paint(base, _inner((x0, y0, x1, y1), 0.25)))
+        b = lay.cell_boxes
+        overlap = (b[..., 0] < x1) & (b[..., 2] > x0) & (b[..., 1] < y1) & (b[..., 3] > y0)
+        dil = torch.nn.functional.max_pool2d(overlap[None, None].float(), 3, 1, 1)[0, 0].bool()
+        assert changed[r, c], (size, (r, c))
+        assert not (changed & ~dil).any(), (size, (r, c), torch.nonzero(changed).tolist())
+        assert changed.sum() <= 9
+
+
+def test_newline_and_base_tokens_are_not_in_the_grid(tiny_ov):
+    img = Image.new("RGB", (1000, 300))
+    inputs = tiny_ov.build_inputs([[img]], [tiny_ov.prompt("x", 1)])
+    lay = tiny_ov.layout(img, inputs)
+    pos = torch.nonzero(inputs["input_ids"][0] == tiny_ov.image_token_id).flatten()
+    h, w = lay.shape
+    assert torch.equal(lay.positions.flatten(), pos[729:].view(h, w + 1)[:, :w].flatten())
+    assert int(lay.positions.min()) == int(pos[729])           # base view (first 729) excluded
+    assert not set(pos[729:].view(h, w + 1)[:, w].tolist()) & set(lay.positions.flatten().tolist())
+
+
+def test_settings_reach_the_processor_and_the_model(tiny_ov_path):
+    from focuslib.models import load_mllm
+    m = load_mllm(str(tiny_ov_path), device="cpu", dtype="float32", vision_aspect_ratio="anyres_max_4")
+    assert m.processor.vision_aspect_ratio == m.model.config.vision_aspect_ratio == "anyres_max_4"
+    img = Image.new("RGB", (900, 900))      # 3 x 3 tiles = 81 x 81 > 4 * 1.1 -> 54 x 54
+    assert m.grid_layout(img).shape == (54, 54)
+    rp = m.relevance_pass(img, "dog")       # the model's features must match the processor's count
+    assert rp.layout.shape == (54, 54)
+    m2 = load_mllm(str(tiny_ov_path), device="cpu", dtype="float32", image_grid_pinpoints=[[384, 384]])
+    assert m2.grid_layout(img).shape == (27, 27) and m2.relevance_pass(img, "dog").layout.shape == (27, 27)
+
+
+# ---- 2. cached values ------------------------------------------------------------------------------
+def test_cached_values_are_v_proj(tiny_ov):
+    img = _noise(600, 400)
+    rp = tiny_ov.relevance_pass(img, "red car", keys=True)
+    inputs = tiny_ov.build_inputs([[img]], [tiny_ov.prompt(EXISTENCE_PROMPT.format(target="red car"), 1)])
+    with torch.no_grad():
+        out = tiny_ov.model(**inputs, output_hidden_states=True, use_cache=True)
+    vis = rp.layout.positions.flatten()
+    H, D = rp.values[0].shape[0], rp.values[0].shape[-1]
+    assert tiny_ov.tokenizer.convert_tokens_to_string(rp.target_tokens).strip() == "red car"
+    for i, layer in enumerate(tiny_ov.decoder_layers):
+        x = layer.input_layernorm(out.hidden_states[i][0])
+        v = layer.self_attn.v_proj(x).view(-1, H, D).transpose(0, 1)
+        k = layer.self_attn.k_proj(x).view(-1, H, D).transpose(0, 1)
+        torch.testing.assert_close(rp.values[i][:, vis], v[:, vis], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rp.values[i][:, rp.target_idx], v[:, rp.target_idx], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rp.keys_norope[i], k, rtol=1e-4, atol=1e-5)
+
+
+# ---- 3. end to end ---------------------------------------------------------------------------------
+def _record_inputs(mllm, monkeypatch):
+    seen = []
+    real = mllm.build_inputs
+
+    def spy(images, texts, **kw):
+        out = real(images, texts, **kw)
+        seen.append((images, texts, out))
+        return out
+    monkeypatch.setattr(mllm, "build_inputs", spy)
+    return seen
+
+
+def test_trace_fp_and_interleaved_final_input(tiny_ov, monkeypatch):
+    fake, state = scripted(tiny_ov, {2})
+    monkeypatch.setattr(tiny_ov, "existence_logits", fake)
+    seen = _record_inputs(tiny_ov, monkeypatch)
+    f = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=2, k=12))
+    img = _noise(700, 500, seed=2)
+    tr = f.answer(img, Q, targets=["red car"])
+    t = tr.per_target[0]
+    lay = tiny_ov.grid_layout(img)
+    assert t.layout.shape == t.map.shape == (-(-lay.shape[0] // 2), -(-lay.shape[1] // 2))   # 2x2 pooled
+    assert abs(float(t.map.sum()) - 1) < 1e-5 and float(t.map[~t.layout.valid].sum()) == 0
+    assert len(t.verified) == 3 and t.best == 2                  # batch of 2 says No, overrun finds #2
+    assert tr.search_fp == 1 + 3 and tr.model_calls["verify_crops"] == 3 and tr.model_calls["relevance"] == 1
+    assert state["batches"] == [2, 1]
+    assert all(0 <= r.box[0] < r.box[2] <= 700 and 0 <= r.box[1] < r.box[3] <= 500 for r in t.rois)
+    # final input: global view with the box outlined + the crop, as OV multi-image (729 + newline each)
+    assert tr.final_mode == "multi-image" and len(tr.final_images) == 2
+    assert tr.final_images[0].size == img.size and tr.final_images[1].size == (
+        t.rois[2].box[2] - t.rois[2].box[0], t.rois[2].box[3] - t.rois[2].box[1])
+    images, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]   # the final answer's input
+    assert len(images) == 1 and len(images[0]) == 2 and texts[0].count("<image>") == 2
+    assert int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == 2 * 730
+    assert inputs["pixel_values"].shape[1] == 1 and inputs["batch_num_images"].tolist() == [2]
+    json.dumps(tr.summary())
+
+
+def test_interleave_anyres_tiles_every_image(tiny_ov):
+    g, c = Image.new("RGB", (700, 500)), Image.new("RGB", (200, 120))
+    m = OneVisionAdapter(tiny_ov.model, tiny_ov.processor, interleave="anyres")
+    text = m.prompt("What?", 2)
+    n = int((m.build_inputs([[g, c]], [text])["input_ids"] == m.image_token_id).sum())
+    assert n == m.num_image_tokens(g.size) + m.num_image_tokens(c.size) > 2 * 730
+    assert isinstance(m.generate([g, c], "What?", max_new_tokens=2), str)
+    native = int((tiny_ov.build_inputs([[g, c]], [text])["input_ids"] == m.image_token_id).sum())
+    assert native == 2 * tiny_ov.num_image_tokens(g.size, multi=True) == 1460
+
+
+def _hot(cells):
+    def hook(target, layout, m):
+        out = torch.zeros_like(m)
+        out[cells[target]] = 1.0
+        return out
+    return hook
+
+
+def test_multi_target_gives_global_view_plus_each_crop(tiny_ov, monkeypatch):
+    seen = _record_inputs(tiny_ov, monkeypatch)
+    img = Image.new("RGB", (1500, 500), (50, 50, 50))
+    f = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=1, overrun=False),
+              map_hook=_hot({"cat": (5, 4), "dog": (8, 30)}))
+    tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
+    boxes = [t.rois[t.best].box for t in tr.per_target]
+    assert tr.final_mode == "multi-image" and tr.search_fp == 2 and tr.chosen_boxes == boxes
+    assert len(tr.final_images) == 3 and tr.final_images[0].size == img.size
+    g = np.asarray(tr.final_images[0])
+    for b in boxes:   # every chosen box is outlined in red on the global view
+        assert (g[b[1], b[0] + 5] == (255, 0, 0)).all()
+    _, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]
+    assert texts[0].count("<image>") == 3 and int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == 3 * 730
+
+
+def test_type2_selects_all_confident_rois(tiny_ov, monkeypatch):
+    fake, state = scripted(tiny_ov, {0, 3})
+    monkeypatch.setattr(tiny_ov, "existence_logits", fake)
+    f = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=2, k=8))
+    tr = f.answer(_noise(600, 600, seed=4), "How many birds are in the image?", targets=["all birds"])
+    t = tr.per_target[0]
+    assert tr.qtype == 2 and len(t.verified) == len(t.rois) > 2 and t.selected == [0, 3]
+    assert tr.search_fp == 1 + len(t.rois)
+    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in (0, 3)])
+    assert tr.final_mode == "multi-image" and len(tr.final_images) == 1 + len(tr.chosen_boxes)
+
+
+# ---- 4. batched verification -----------------------------------------------------------------------
+def test_batched_verification_equals_one_by_one(tiny_ov):
+    img = _noise(1300, 900, seed=3)
+    crops = [img.crop(b) for b in [(0, 0, 300, 300), (100, 50, 900, 250), (900, 100, 1300, 900), (10, 10, 60, 400)]]
+    counts = {tiny_ov.num_image_tokens(c.size) for c in crops}
+    assert len(counts) >= 3                           # really different token counts -> left padding
+    batched = tiny_ov.existence_logits(crops, "red car")
+    single = torch.cat([tiny_ov.existence_logits([c], "red car") for c in crops])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
+
+
+def test_focus_ask_cli(tiny_ov_path, tmp_path, capsys):
+    from focuslib.cli import main
+    img = tmp_path / "img.png"
+    _noise(640, 480).save(img)
+    js = tmp_path / "t.json"
+    rc = main(["ask", "--model", str(tiny_ov_path), "--image", str(img), "--question",
+               "What is the color of the kite?", "--n-steps", "2", "--json", str(js), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "llava-onevision" in out and "RANDOM weights" in out and "multi-image" in out
+    assert json.loads(js.read_text())["search_fp"] >= 1
