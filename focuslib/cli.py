@@ -1,4 +1,5 @@
-"""Command line: `focus ask` (one question about one image) and `focus demo` (the embedded default)."""
+"""Command line: `focus ask` (one question about one image), `focus demo` (the embedded default) and
+`focus eval` (a method over a benchmark, focuslib.runner)."""
 from __future__ import annotations
 
 import argparse
@@ -111,6 +112,45 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_eval(a) -> int:
+    """`focus eval`: a method over a benchmark, one JSON line per sample, resumable (focuslib.runner)."""
+    _quiet()
+    from .benchmarks import BenchmarkError, get_spec
+    from .models import load_mllm
+    from .runner import evaluate, shard_info
+    spec = get_spec(a.benchmark)
+    source = a.data
+    rank, world = shard_info()
+    if a.data == "synthetic":
+        from .synthetic_benchmarks import write_synthetic
+        source = Path(a.out) / "_data" / spec.name
+        if rank == 0 and not source.exists():
+            write_synthetic(spec.name, source, n=a.synthetic_n, size=(a.synthetic_size, a.synthetic_size * 3 // 4))
+        if world > 1:
+            from .runner import barrier
+            barrier()
+        print(f"synthetic {spec.name} benchmark (offline, schema of {spec.hub_id}) at {source}")
+    model = embedded_default()[0] if a.model == "tiny" else a.model
+    device = a.device
+    if world > 1 and device is None:
+        from accelerate import PartialState
+        device = str(PartialState().device)  # one GPU per process
+    mllm = load_mllm(model, device=device, dtype=a.dtype)
+    judge = None
+    if a.judge:
+        from .schemes import LLMJudge
+        judge = LLMJudge.from_pretrained(a.judge, device=device)
+    try:
+        evaluate(mllm, spec, a.method, a.n_steps, a.limit, a.out, source=source, scheme=a.scheme,
+                 map_variant=a.map, ranking=not a.no_ranking, layers=a.layers, overrun=a.overrun,
+                 gt_targets=a.gt_targets, reuse_permutations=a.reuse_permutations, flops=a.flops, judge=judge,
+                 retry_errors=a.retry_errors, progress=not a.no_progress)
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="focus", description="FOCUS fine-grained VQA (NeurIPS 2025) with HF MLLMs")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -141,6 +181,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable JSONL, per-category table)")
+    ev.add_argument("--model", required=True, help="hub id, local path, or 'tiny' (embedded random model)")
+    ev.add_argument("--benchmark", required=True, help="vstar, hrbench_4k, hrbench_8k, mme_rw_lite, aokvqa, gqa")
+    ev.add_argument("--method", default="focus", choices=["vanilla", "focus"])
+    ev.add_argument("--limit", type=int, default=None, help="first K samples only")
+    ev.add_argument("--out", default="runs", help="results directory (one JSONL per run, resumable)")
+    ev.add_argument("--data", default=None, help="local copy of the benchmark (dir/file), or 'synthetic'; "
+                                                 "default: the hub")
+    ev.add_argument("--synthetic-n", type=int, default=8)
+    ev.add_argument("--synthetic-size", type=int, default=320)
+    ev.add_argument("--scheme", default="generate", choices=["generate", "logits", "open"],
+                    help="open-ended with options (paper), logits matching (C.5), open-ended + judge (C.2)")
+    ev.add_argument("--judge", default=None, help="judge LLM for --scheme open, e.g. Qwen/Qwen2.5-7B-Instruct")
+    ev.add_argument("--map", default=None, choices=["vv", "kk", "random"], help="relevance map ablation")
+    ev.add_argument("--no-ranking", action="store_true", help="ablation: answer on the top-relevance ROI")
+    ev.add_argument("--layers", nargs=2, type=int, default=None, metavar=("l", "L"))
+    ev.add_argument("--overrun", dest="overrun", action="store_true", default=None)
+    ev.add_argument("--no-overrun", dest="overrun", action="store_false")
+    ev.add_argument("--gt-targets", action="store_true", help="give FOCUS V*Bench's GT target objects")
+    ev.add_argument("--reuse-permutations", action="store_true",
+                    help="HR-Bench: share the search across the 4 option permutations (reported separately)")
+    ev.add_argument("--flops", action="store_true", help="measure FLOPs with FlopCounterMode (slow)")
+    ev.add_argument("--retry-errors", action="store_true", help="rerun samples recorded as errors")
+    ev.add_argument("--no-progress", action="store_true")
+    common(ev)
+    ev.set_defaults(func=cmd_eval)
     return ap
 
 

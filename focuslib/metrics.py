@@ -1,0 +1,278 @@
+"""Accuracy, recall and cost metrics exactly as the paper computes them (A.2, C.4, sec. 4.3).
+
+Accuracy (A.2): exact match, no post-processing -- "The answer is A" and "(A)" are WRONG when the
+label is "A". Only surrounding whitespace is ignored (the adapters strip it, decisions.md D20).
+A lenient letter-extraction variant is offered for diagnosis, never for the paper's numbers.
+GQA's open answers: exact match after lowercasing and removing punctuation (harness convention).
+
+Recall (sec. 4.3): a GT box counts as found when one of the ROIs the search examined covers at least
+50% of it (overlap = intersection / GT area, decisions.md D21).
+
+Relative efficiency (A.2): FP_ref / FP_ours at the reference accuracy = min of the two methods' best
+accuracies, each FP read off its (FP, accuracy) curve with linear interpolation.
+
+Cost (C.4): FLOPs with torch.utils.flop_counter.FlopCounterMode, peak memory with
+torch.cuda.max_memory_allocated() / 1024**3 (None on CPU), time with device synchronisation.
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+# ------------------------------------------------------------------------------------------------
+# answers
+
+
+def exact_match(pred: str | None, gt: str) -> bool:
+    """The paper's rule: the prediction must BE the label (surrounding whitespace ignored)."""
+    return pred is not None and str(pred).strip() == str(gt).strip()
+
+
+_LETTER_PATTERNS = [
+    r"^\(?([A-J])\)?(?:[.:,)]|\s|$)",                        # "A", "(A)", "A.", "A) red", "A: red"
+    r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\b\)?",  # "The answer is A", "Option (B)"
+    r"\(([A-J])\)",                                           # "... (C) ..."
+]
+
+
+def extract_letter(pred: str | None, options: Sequence[str] = ()) -> str | None:
+    """Lenient: the option letter a free-form answer refers to, or None.
+
+    Tries, in order: a leading letter, "answer/option is X", a parenthesised letter, and finally the
+    option text itself (case-insensitive, whole answer or unique mention).
+    """
+    if pred is None:
+        return None
+    s = str(pred).strip()
+    n = len(options) if options else 10
+    valid = "ABCDEFGHIJ"[:n]
+    for pat in _LETTER_PATTERNS:
+        m = re.search(pat, s, flags=re.IGNORECASE if "answer" in pat else 0)
+        if m and m.group(1).upper() in valid:
+            return m.group(1).upper()
+    if options:
+        low = normalize_open(s)
+        for i, o in enumerate(options):
+            if low == normalize_open(o):
+                return valid[i]
+        hits = [i for i, o in enumerate(options) if re.search(rf"\b{re.escape(normalize_open(o))}\b", low)]
+        if len(hits) == 1:
+            return valid[hits[0]]
+    return None
+
+
+def lenient_match(pred: str | None, gt: str, options: Sequence[str] = ()) -> bool:
+    return extract_letter(pred, options) == str(gt).strip()
+
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_open(s: str | None) -> str:
+    """Lowercase, punctuation removed, whitespace collapsed (GQA harness convention)."""
+    if s is None:
+        return ""
+    return " ".join(_PUNCT.sub(" ", str(s).lower()).split())
+
+
+def open_match(pred: str | None, gt: str) -> bool:
+    return pred is not None and normalize_open(pred) == normalize_open(gt)
+
+
+def score_answer(scoring: str, pred: str | None, gt: str, options: Sequence[str] = ()) -> dict:
+    """{"correct": paper rule, "correct_lenient": diagnosis} for one answer."""
+    if scoring == "letter":
+        return {"correct": exact_match(pred, gt), "correct_lenient": lenient_match(pred, gt, options)}
+    if scoring == "open":
+        return {"correct": open_match(pred, gt), "correct_lenient": open_match(pred, gt)
+                or normalize_open(gt) in normalize_open(pred).split()}
+    raise ValueError(f"unknown scoring {scoring!r}; use 'letter' or 'open'")
+
+
+# ------------------------------------------------------------------------------------------------
+# aggregation
+
+
+def accuracy(flags: Iterable[bool]) -> float:
+    """Unweighted mean over all N samples, in percent (A.2). NaN for no samples."""
+    flags = [bool(f) for f in flags]
+    return 100.0 * sum(flags) / len(flags) if flags else float("nan")
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def aggregate(records: Sequence[dict], keys: Sequence[str] = ("category",)) -> dict:
+    """Summary of runner records: overall and per value of each key in `record["groups"]`.
+
+    Errors count as wrong (the sample is in the denominator) and are also counted separately.
+    Returns {"overall": row, "<key>=<value>": row, ...}; a row has n, acc, acc_lenient, errors,
+    fp (mean search FPs), calls (mean model calls), time_s, mem_gb (mean peak), tflops (mean).
+    """
+    buckets: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        buckets["overall"].append(r)
+        for k in keys:
+            v = (r.get("groups") or {}).get(k)
+            if v is not None:
+                buckets[f"{k}={v}"].append(r)
+
+    def row(rs):
+        return {"n": len(rs), "acc": accuracy(r.get("correct", False) for r in rs),
+                "acc_lenient": accuracy(r.get("correct_lenient", False) for r in rs),
+                "errors": sum(1 for r in rs if r.get("error")),
+                "fp": _mean(r.get("search_fp") for r in rs if not r.get("error")),
+                "calls": _mean((r.get("model_calls") or {}).get("total") for r in rs if not r.get("error")),
+                "time_s": _mean(r.get("time_s") for r in rs if not r.get("error")),
+                "mem_gb": _mean(r.get("peak_mem_gb") for r in rs if not r.get("error")),
+                "tflops": _mean(None if r.get("flops") is None else r["flops"] / 1e12 for r in rs
+                                if not r.get("error"))}
+    ordered = ["overall"] + sorted(k for k in buckets if k != "overall")
+    return {k: row(buckets[k]) for k in ordered}
+
+
+def format_table(summary: dict, title: str = "") -> str:
+    """Plain-text table of `aggregate`'s output."""
+    cols = ["n", "acc", "acc_lenient", "errors", "fp", "calls", "time_s", "mem_gb", "tflops"]
+    w0 = max([len("group")] + [len(k) for k in summary]) + 2
+
+    def fmt(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+    lines = [title] if title else []
+    lines.append("group".ljust(w0) + "".join(c.rjust(12) for c in cols))
+    for k, r in summary.items():
+        lines.append(k.ljust(w0) + "".join(fmt(r.get(c)).rjust(12) for c in cols))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# recall (V*Bench only)
+
+
+def gt_overlap(roi_xyxy: Sequence[float], gt_xywh: Sequence[float]) -> float:
+    """|ROI ∩ GT| / |GT| for an (x0, y0, x1, y1) ROI and an [x, y, w, h] GT box (decisions.md D21)."""
+    gx0, gy0, gw, gh = map(float, gt_xywh)
+    if gw <= 0 or gh <= 0:
+        return 0.0
+    x0, y0, x1, y1 = map(float, roi_xyxy)
+    iw = max(0.0, min(x1, gx0 + gw) - max(x0, gx0))
+    ih = max(0.0, min(y1, gy0 + gh) - max(y0, gy0))
+    return iw * ih / (gw * gh)
+
+
+def recall_hits(rois: Sequence[Sequence[float]], gt_boxes: Sequence[Sequence[float]],
+                threshold: float = 0.5) -> list[bool]:
+    """Per GT box: does one of `rois` cover >= threshold of it?"""
+    return [any(gt_overlap(r, g) >= threshold for r in rois) for g in gt_boxes]
+
+
+def examined_rois(summary: dict) -> list[list[float]]:
+    """The ROIs a search examined, from a `Trace.summary()`: every verified ROI of every target, or the
+    chosen one where nothing was verified (n_steps=1 without overrun, no-ranking ablation)."""
+    out = []
+    for t in summary.get("per_target", []):
+        idx = list(t.get("verified") or [])
+        if not idx and t.get("best") is not None:
+            idx = [t["best"]]
+        out += [t["rois"][i]["box"] for i in idx]
+    return out
+
+
+def recall(records: Sequence[dict], threshold: float = 0.5) -> float:
+    """Recall in percent over all GT boxes of the records that have them (micro average, D21)."""
+    hits = []
+    for r in records:
+        if r.get("gt_boxes") and not r.get("error"):
+            hits += recall_hits(r.get("rois") or [], r["gt_boxes"], threshold)
+    return accuracy(hits)
+
+
+# ------------------------------------------------------------------------------------------------
+# relative efficiency (A.2)
+
+
+def fp_at_accuracy(curve: Sequence[tuple[float, float]], acc: float) -> float | None:
+    """FPs a method needs to reach accuracy `acc` on its (FP, accuracy) curve: the exact FP of a
+    point with that accuracy, else linear interpolation between the two points (in FP order) where
+    the curve first crosses it. None if never reached. The cheapest point already above it gives
+    its own FP (no extrapolation below measured budgets)."""
+    pts = sorted((float(f), float(a)) for f, a in curve)
+    if not pts:
+        return None
+    for i, (f, a) in enumerate(pts):
+        if a >= acc:
+            if i == 0 or a == acc:
+                return f
+            f0, a0 = pts[i - 1]
+            return f0 + (acc - a0) * (f - f0) / (a - a0)
+    return None
+
+
+def relative_efficiency(ours: Sequence[tuple[float, float]], ref: Sequence[tuple[float, float]]) -> dict:
+    """A.2: reference accuracy = min(best of ours, best of ref); returns FP_ref / FP_ours there."""
+    ref_acc = min(max(a for _, a in ours), max(a for _, a in ref))
+    fo, fr = fp_at_accuracy(ours, ref_acc), fp_at_accuracy(ref, ref_acc)
+    return {"ref_acc": ref_acc, "fp_ours": fo, "fp_ref": fr, "ratio": fr / fo if fo else float("inf")}
+
+
+# ------------------------------------------------------------------------------------------------
+# cost (C.4)
+
+
+def _is_cuda(device) -> bool:
+    return str(device).startswith("cuda") and torch.cuda.is_available()
+
+
+def synchronize(device) -> None:
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device) -> None:
+    if _is_cuda(device):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device) -> float | None:
+    """torch.cuda.max_memory_allocated() / 1024**3 (A.2); None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 1024 ** 3 if _is_cuda(device) else None
+
+
+class Timer:
+    """Wall time of a block with device synchronisation at both ends: `with Timer(dev) as t: ...; t.s`."""
+
+    def __init__(self, device="cpu"):
+        self.device, self.s = device, None
+
+    def __enter__(self):
+        synchronize(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.s = time.perf_counter() - self.t0
+
+
+def count_flops(fn: Callable, *args, **kwargs) -> tuple[object, int]:
+    """(fn(*args, **kwargs), total FLOPs measured by torch.utils.flop_counter.FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        out = fn(*args, **kwargs)
+    return out, int(fc.get_total_flops())
+
+
+__all__ = ["exact_match", "extract_letter", "lenient_match", "normalize_open", "open_match", "score_answer",
+           "accuracy", "aggregate", "format_table", "gt_overlap", "recall_hits", "examined_rois", "recall",
+           "fp_at_accuracy", "relative_efficiency", "count_flops", "peak_memory_gb", "reset_peak_memory",
+           "synchronize", "Timer"]
