@@ -8,37 +8,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
+def _build(tmp_path_factory, builder: str, name: str):
+    from focuslib import tiny
+    return getattr(tiny, builder)(tmp_path_factory.mktemp("models") / name, seed=0)
+
+
+def _load(path):
+    from focuslib.models import load_mllm
+    return load_mllm(str(path), device="cpu", dtype="float32")
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_path(tmp_path_factory):
-    from focuslib.tiny import build_tiny_llava
-    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava", seed=0)
+    return _build(tmp_path_factory, "build_tiny_llava", "tiny-llava")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_llava_path):
-    from focuslib.models import load_mllm
-    return load_mllm(str(tiny_llava_path), device="cpu", dtype="float32")
+    return _load(tiny_llava_path)
 
 
 @pytest.fixture(scope="session")
 def tiny_ov_path(tmp_path_factory):
-    from focuslib.tiny import build_tiny_onevision
-    return build_tiny_onevision(tmp_path_factory.mktemp("models") / "tiny-ov", seed=0)
+    return _build(tmp_path_factory, "build_tiny_onevision", "tiny-ov")
 
 
 @pytest.fixture(scope="session")
 def tiny_ov(tiny_ov_path):
-    from focuslib.models import load_mllm
-    return load_mllm(str(tiny_ov_path), device="cpu", dtype="float32")
+    return _load(tiny_ov_path)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen_path(tmp_path_factory):
-    from focuslib.tiny import build_tiny_qwen25vl
-    return build_tiny_qwen25vl(tmp_path_factory.mktemp("models") / "tiny-qwen", seed=0)
+    return _build(tmp_path_factory, "build_tiny_qwen25vl", "tiny-qwen")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen(tiny_qwen_path):
-    from focuslib.models import load_mllm
-    return load_mllm(str(tiny_qwen_path), device="cpu", dtype="float32")
+    return _load(tiny_qwen_path)

@@ -6,6 +6,8 @@ from PIL import Image
 
 from focuslib.models import EXISTENCE_PROMPT
 
+from _checks import assert_cache_is_projection
+
 
 def _forward_hidden(mllm, image, target):
     text = mllm.prompt(EXISTENCE_PROMPT.format(target=target), 1)
@@ -24,19 +26,8 @@ def test_cached_values_are_v_proj_of_normed_hidden_states(tiny_llava):
     img = _image()
     rp = tiny_llava.relevance_pass(img, "red car", keys=True)
     _, out = _forward_hidden(tiny_llava, img, "red car")
-    vis = rp.layout.positions.flatten()
-    H, D = rp.values[0].shape[0], rp.values[0].shape[-1]
-    assert len(rp.values) == tiny_llava.num_layers == len(out.hidden_states) - 1
-    for i, layer in enumerate(tiny_llava.decoder_layers):
-        x = layer.input_layernorm(out.hidden_states[i][0])           # [N, hidden]
-        v = layer.self_attn.v_proj(x).view(-1, H, D).transpose(0, 1)  # [H, N, D]
-        k = layer.self_attn.k_proj(x).view(-1, H, D).transpose(0, 1)
-        torch.testing.assert_close(rp.values[i][:, vis], v[:, vis], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(rp.values[i][:, rp.target_idx], v[:, rp.target_idx], rtol=1e-4, atol=1e-5)
-        # the K-K path gets keys WITHOUT RoPE: k_proj outputs, not the cache's rotated keys
-        torch.testing.assert_close(rp.keys_norope[i], k, rtol=1e-4, atol=1e-5)
-        cached_k = out.past_key_values.layers[i].keys[0]
-        assert not torch.allclose(cached_k[:, vis], k[:, vis], atol=1e-3)
+    keys = [layer.keys[0] for layer in out.past_key_values.layers]
+    assert_cache_is_projection(tiny_llava, rp, out.hidden_states, cached_keys=keys)
 
 
 @pytest.mark.parametrize("target", ["red car", "dog", "tissue box", "person in the red jacket"])

@@ -17,6 +17,8 @@ from focuslib.search import Focus
 from test_layout_llava import _inner, _paint   # same painting helpers as LLaVA-1.5
 from test_search import Q, scripted
 
+from _checks import assert_cache_is_projection
+
 
 class _Stop(Exception):
     pass
@@ -156,16 +158,8 @@ def test_cached_values_are_v_proj(tiny_ov):
     inputs = tiny_ov.build_inputs([[img]], [tiny_ov.prompt(EXISTENCE_PROMPT.format(target="red car"), 1)])
     with torch.no_grad():
         out = tiny_ov.model(**inputs, output_hidden_states=True, use_cache=True)
-    vis = rp.layout.positions.flatten()
-    H, D = rp.values[0].shape[0], rp.values[0].shape[-1]
     assert tiny_ov.tokenizer.convert_tokens_to_string(rp.target_tokens).strip() == "red car"
-    for i, layer in enumerate(tiny_ov.decoder_layers):
-        x = layer.input_layernorm(out.hidden_states[i][0])
-        v = layer.self_attn.v_proj(x).view(-1, H, D).transpose(0, 1)
-        k = layer.self_attn.k_proj(x).view(-1, H, D).transpose(0, 1)
-        torch.testing.assert_close(rp.values[i][:, vis], v[:, vis], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(rp.values[i][:, rp.target_idx], v[:, rp.target_idx], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(rp.keys_norope[i], k, rtol=1e-4, atol=1e-5)
+    assert_cache_is_projection(tiny_ov, rp, out.hidden_states)
 
 
 # ---- 3. end to end ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from test_layout_llava import _inner, _paint
 from test_onevision import _hot, _noise, _record_inputs, changed_cells
 from test_search import Q, scripted
 
+from _checks import assert_cache_is_projection
+
 SMALL = 28 * 28 * 48   # second max-pixel setting: forces a real downscale of every test image
 
 
@@ -82,16 +84,9 @@ def test_cached_values_are_v_proj(tiny_qwen):
     with torch.no_grad():
         out = tiny_qwen.model(**inputs, output_hidden_states=True, use_cache=True)
     vis = rp.layout.positions.flatten()
-    H, D = rp.values[0].shape[0], rp.values[0].shape[-1]
     assert tiny_qwen.tokenizer.convert_tokens_to_string(rp.target_tokens).strip() == "red car"
     assert int(rp.target_idx.min()) > int(vis.max())
-    for i, layer in enumerate(tiny_qwen.decoder_layers):
-        x = layer.input_layernorm(out.hidden_states[i][0])
-        v = layer.self_attn.v_proj(x).view(-1, H, D).transpose(0, 1)
-        k = layer.self_attn.k_proj(x).view(-1, H, D).transpose(0, 1)
-        torch.testing.assert_close(rp.values[i][:, vis], v[:, vis], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(rp.values[i][:, rp.target_idx], v[:, rp.target_idx], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(rp.keys_norope[i], k, rtol=1e-4, atol=1e-5)
+    assert_cache_is_projection(tiny_qwen, rp, out.hidden_states)
 
 
 def test_trace_fp_and_interleaved_final_input(tiny_qwen, monkeypatch):
