@@ -65,6 +65,7 @@ CASES = {  # size: (tiles, unpadded grid, local grid, downsized)
     (300, 1000): ((3, 1), (81, 25), (81, 25), False),     # tall 1:3.3 -> 3 x 1 tiles, columns unpadded
     (1200, 1200): ((4, 4), (108, 108), (81, 81), True),   # 16 tiles > anyres_max_9 * 1.1 -> bilinear 81 x 81
     (2400, 800): ((2, 6), (54, 162), (46, 140), True),    # wide 3:1, downsized
+    (800, 2400): ((6, 2), (162, 54), (140, 46), True),    # tall 1:3, downsized
 }
 
 
