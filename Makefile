@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.focuslib-installed
+KERNEL := $(VENV)/share/jupyter/kernels/focuslib/kernel.json
 TORCH  ?= torch==2.13.0
 EXTRAS ?= test,eval,notebooks
 JOBS   ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean figures
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(KERNEL)
 
 demo: $(STAMP)
 	$(VENV)/bin/focus demo --out figures/demo
@@ -26,3 +27,19 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
+
+# `make figures`: all six notebooks (notebooks/*.ipynb) with papermill on MODEL (GPU node), outputs in figures/,
+# resumable results in results/. In the conda env: `make figures PY=python MODEL=...`.
+# `make figures SMOKE=1`: embedded tiny random-weight model, synthetic benchmarks, CPU, a few minutes -> figures/smoke/.
+MODEL  ?= llava-hf/llava-1.5-7b-hf
+DEVICE ?=
+DTYPE  ?=
+LIMIT  ?=
+DATA   ?=
+SMOKE  ?=
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name focuslib --display-name "Python (focuslib)"
+
+figures: $(if $(filter $(VENV)/bin/python,$(PY)),$(KERNEL))
+	$(PY) -m focuslib.report $(if $(SMOKE),--smoke,--model "$(MODEL)") $(if $(DEVICE),--device $(DEVICE)) \
+		$(if $(DTYPE),--dtype $(DTYPE)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA),--data $(DATA))
