@@ -135,7 +135,12 @@ def cmd_eval(a) -> int:
     if world > 1 and device is None:
         from accelerate import PartialState
         device = str(PartialState().device)  # one GPU per process
-    mllm = load_mllm(model, device=device, dtype=a.dtype)
+    attn = "sdpa"
+    if a.method.startswith("vicrop"):  # ViCrop reads attention weights: eager attention only
+        attn = "eager"
+        print("ViCrop needs attention weights: loading the model with attn_implementation='eager'")
+    mllm = load_mllm(model, device=device, dtype=a.dtype, attn_implementation=attn)
+    baseline_options = {"depth": a.depth, "children": a.children, "high": a.high}
     judge = None
     if a.judge:
         from .schemes import LLMJudge
@@ -144,7 +149,8 @@ def cmd_eval(a) -> int:
         evaluate(mllm, spec, a.method, a.n_steps, a.limit, a.out, source=source, scheme=a.scheme,
                  map_variant=a.map, ranking=not a.no_ranking, layers=a.layers, overrun=a.overrun,
                  gt_targets=a.gt_targets, reuse_permutations=a.reuse_permutations, flops=a.flops, judge=judge,
-                 retry_errors=a.retry_errors, progress=not a.no_progress)
+                 retry_errors=a.retry_errors, progress=not a.no_progress,
+                 baseline_options=baseline_options if a.method not in ("vanilla", "focus") else None)
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -185,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable JSONL, per-category table)")
     ev.add_argument("--model", required=True, help="hub id, local path, or 'tiny' (embedded random model)")
     ev.add_argument("--benchmark", required=True, help="vstar, hrbench_4k, hrbench_8k, mme_rw_lite, aokvqa, gqa")
-    ev.add_argument("--method", default="focus", choices=["vanilla", "focus"])
+    ev.add_argument("--method", default="focus", choices=["vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad"])
+    ev.add_argument("--depth", type=int, default=None, help="zoomeye: max tree depth (A.4: 1, 2, 5; default 5)")
+    ev.add_argument("--children", type=int, default=None, choices=[2, 4], help="zoomeye: sub-regions per node")
+    ev.add_argument("--high", dest="high", action="store_true", default=None,
+                    help="vicrop: tile high-resolution images into ~1024 px blocks (default)")
+    ev.add_argument("--no-high", dest="high", action="store_false", help="vicrop: one map on the whole image")
     ev.add_argument("--limit", type=int, default=None, help="first K samples only")
     ev.add_argument("--out", default="runs", help="results directory (one JSONL per run, resumable)")
     ev.add_argument("--data", default=None, help="local copy of the benchmark (dir/file), or 'synthetic'; "

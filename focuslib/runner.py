@@ -9,6 +9,8 @@ process writes its own shard file and process 0 merges them at the end (`merge_s
 
 Methods: "vanilla" (the base model on the whole image) and "focus"; the paper's ablations are
 options of focus: map_variant random | kk | vv, ranking=False, layers=(l, L), overrun.
+Baselines (focuslib.baselines, decisions.md D22): "zoomeye" and "vicrop-rel" / "vicrop-grad", with
+`baseline_options` (depth, children / high, ...); same records, FP / time / memory / FLOPs accounting.
 Schemes: "generate" (default: open-ended generation with the options in the prompt, exact match),
 "logits" (V*Bench logits matching, C.5), "open" (V*Bench without options, LLM judge, C.2).
 HR-Bench option-permutation reuse (off by default): the 4 cyclic permutations of a question share the
@@ -29,7 +31,7 @@ from typing import Callable
 from . import metrics as M
 from .benchmarks import BenchmarkSpec, Sample, get_spec, load_benchmark
 
-METHODS = ("vanilla", "focus")
+METHODS = ("vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad")  # baselines: focuslib.baselines
 SCHEMES = ("generate", "logits", "open")
 
 
@@ -136,6 +138,10 @@ class RunSettings:
                 abl.append("no-overrun")
             if self.gt_targets:
                 abl.append("gt-targets")
+        elif self.config.get("_tag"):  # baselines (focuslib.baselines): their options
+            abl.append(self.config["_tag"])
+            if self.gt_targets and self.method == "zoomeye":
+                abl.append("gt-targets")
         parts = [self.benchmark, _slug(Path(self.model).name or self.model), self.method + "".join(f"+{a}" for a in abl)]
         if self.method == "focus":
             parts.append(f"n{self.n_steps}")
@@ -169,7 +175,8 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
              config_overrides: dict | None = None, gt_targets: bool = False, reuse_permutations: bool = False,
              flops: bool = False, judge: Callable | None = None, progress: bool = True,
              on_record: Callable[[dict], None] | None = None, retry_errors: bool = False,
-             shard: tuple[int, int] | None = None, print_table: bool = True) -> dict:
+             shard: tuple[int, int] | None = None, print_table: bool = True,
+             baseline_options: dict | None = None) -> dict:
     """Run `method` over `benchmark` and return {"summary", "table", "recall", "records", "path"}.
 
     source: local directory/file of the benchmark (default: the hub); samples: use these instead.
@@ -178,6 +185,7 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     judge: an LLMJudge for scheme "open"; without one, open answers are stored unjudged (correct None).
     on_record: called with each record after it is written (progress hooks, tests).
     shard: (index, count) override of accelerate's process index / count.
+    baseline_options: options of a baseline method (zoomeye: depth, children, ...; vicrop-*: high, ...).
     """
     from .search import Focus
     if method not in METHODS:
@@ -193,9 +201,15 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     cfg = _config(mllm, spec, n_steps, scheme, map_variant, ranking, layers, overrun, config_overrides)
     cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["_layers_override"] = bool(layers)
+    solver = None
+    if method not in ("vanilla", "focus"):  # a baseline answers instead of FOCUS, same records and accounting
+        from .baselines import baseline_tag, make_baseline
+        solver = make_baseline(mllm, method, max_new_tokens=cfg.max_new_tokens, **(baseline_options or {}))
+        cfg_dict = dataclasses.asdict(solver.config)
+        cfg_dict["_tag"] = baseline_tag(method, baseline_options)
     settings = RunSettings(spec.name, method, n_steps, scheme, getattr(mllm, "name", "model"), cfg_dict,
                            gt_targets, reuse_permutations)
-    focus = Focus(mllm, cfg)
+    focus = solver or Focus(mllm, cfg)
 
     rank, world = shard or shard_info()
     units: list[list[Sample]] = []  # permutation groups stay in one shard
@@ -261,7 +275,7 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     title = f"{spec.name} | {method}" + (f" n_steps={n_steps}" if method == "focus" else "") + \
         f" | {scheme} | {settings.model} | {len(records)} samples -> {path}"
     table = M.format_table(summary, title)
-    if rec_pct is not None and method == "focus":
+    if rec_pct is not None and method != "vanilla":
         table += f"\nrecall (ROI covers >= 50% of a GT box): {rec_pct:.2f}%"
     if reuse_permutations:
         table += f"\nreused searches: {sum(1 for r in records if r.get('reused_from'))} of {len(records)}"

@@ -1,0 +1,89 @@
+"""What the baselines share: Yes/No confidences with any prompt, a Trace-compatible result, the clock.
+
+`yes_no_logits(mllm, images, text, purpose)` is the adapters' `existence_logits` generalised to any
+yes/no question: ONE batched forward of `text` with each image, last-position (l_yes, l_no). Paper
+accounting (A.2, decisions.md D22): every image in it is one forward pass, so `mllm.calls[purpose]`
+grows by the number of images (a batch of n crops = n FPs, as FOCUS's verified crops in D12).
+
+An object that has its own `yes_no_logits(images, text, purpose)` method (a scripted fake adapter in
+the tests) is used as is.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from ..models.base import yes_confidence
+
+
+@torch.no_grad()
+def yes_no_logits(mllm, images: list[Image.Image], text: str, purpose: str) -> torch.Tensor:
+    """`[B, 2]` (l_yes, l_no) of the yes/no question `text` about each image; B forward passes counted."""
+    if not images:
+        return torch.zeros(0, 2)
+    own = getattr(mllm, "yes_no_logits", None)
+    if own is not None:
+        return own(images, text, purpose)
+    prompt = mllm.prompt(text, 1)
+    inputs = mllm.build_inputs([[im] for im in images], [prompt] * len(images))
+    out = mllm.model(**mllm._to_device(inputs), use_cache=False, logits_to_keep=1)
+    mllm.calls[purpose] += len(images)
+    ids = [mllm.answer_token_id("Yes"), mllm.answer_token_id("No")]
+    return out.logits[:, -1][:, ids].float().cpu()
+
+
+def confidences(mllm, images: list[Image.Image], text: str, purpose: str) -> list[float]:
+    """c = 2 * (softmax([l_yes, l_no])_yes - 0.5) in [-1, 1] per image (A.5 eq. 5)."""
+    return [float(c) for c in yes_confidence(yes_no_logits(mllm, images, text, purpose)).tolist()]
+
+
+@dataclass
+class BaselineTrace:
+    """A baseline's answer, with the fields the runner reads from a FOCUS `Trace`.
+
+    per_target: [{"target", "rois": [{"box", "confidence", ...}], "verified": [i...], "best": i,
+                  "selected": [i...]}] -- the regions the search examined (V*Bench recall, D21).
+    """
+    method: str
+    question: str
+    targets: list[str]
+    qtype: int
+    target_source: str
+    per_target: list[dict]
+    chosen_boxes: list[tuple[int, int, int, int]]
+    final_mode: str
+    final_size: tuple[int, int]
+    answer: str
+    search_fp: int
+    model_calls: dict[str, int]
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    final_images: list[Image.Image] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method, "question": self.question, "answer": self.answer, "targets": self.targets,
+            "qtype": self.qtype, "target_source": self.target_source,
+            "chosen_boxes": [list(b) for b in self.chosen_boxes], "final_mode": self.final_mode,
+            "final_size": list(self.final_size), "search_fp": self.search_fp,
+            "model_calls": dict(self.model_calls), "timings": dict(self.timings), "notes": list(self.notes),
+            "per_target": self.per_target, "extra": self.extra,
+        }
+
+
+def calls_since(mllm, before: Counter) -> dict[str, int]:
+    calls = Counter(mllm.calls)
+    calls.subtract(before)
+    calls = {k: v for k, v in calls.items() if v}
+    calls["total"] = sum(v for k, v in calls.items() if k != "verify_crops")
+    return calls
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    """The part of a config the runner reads (`config.max_new_tokens`)."""
+    max_new_tokens: int = 16
