@@ -94,9 +94,9 @@ def ours_label(model: str, random_weights: bool | None = None) -> str:
 
 def setting_of(meta: dict) -> str:
     """Display setting of a run from its runner meta: the ablation(s) and overrun, as the CSV writes them."""
-    if meta.get("method") != "focus":
-        return "-"
     c = meta.get("config") or {}
+    if meta.get("method") != "focus":
+        return c.get("_tag") or "-"   # baselines: their options (e.g. ZoomEye depth/children)
     parts = []
     if c.get("map_variant", "vv") == "random":
         parts.append("random map")

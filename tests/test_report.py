@@ -69,6 +69,9 @@ def test_labels(tmp_path):
 def test_setting_of():
     cfg = {"map_variant": "vv", "ranking": True, "overrun": True, "_layers_override": False, "layers": [14, 32]}
     assert report.setting_of({"method": "vanilla", "config": cfg}) == "-"
+    # baselines are told apart by their options (two ZoomEye trees must not collapse into one row)
+    assert report.setting_of({"method": "zoomeye", "config": {"_tag": "d1c2"}}) == "d1c2"
+    assert report.setting_of({"method": "zoomeye", "config": {"_tag": "d2c4"}}) == "d2c4"
     assert report.setting_of({"method": "focus", "config": cfg}) == "overrun"
     assert report.setting_of({"method": "focus", "config": {**cfg, "overrun": False}}) == "no-overrun"
     assert report.setting_of({"method": "focus", "config": {**cfg, "map_variant": "random"}}) == "random map"
