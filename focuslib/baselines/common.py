@@ -87,3 +87,14 @@ def calls_since(mllm, before: Counter) -> dict[str, int]:
 class AnswerConfig:
     """The part of a config the runner reads (`config.max_new_tokens`)."""
     max_new_tokens: int = 16
+
+
+def build_preset(cls, presets: dict, family: str, name: str, overrides: dict):
+    """A baseline's config: the family's preset (data) plus explicit non-None overrides, unknown keys refused."""
+    values = dict(presets.get(family, {}))
+    known = set(cls.__dataclass_fields__)
+    bad = set(overrides) - known
+    if bad:
+        raise ValueError(f"unknown {name} option(s) {sorted(bad)}; known: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)

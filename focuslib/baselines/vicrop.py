@@ -31,7 +31,7 @@ from ..images import FocusInputError, crop, load_image
 from ..models.base import TokenLayout
 from ..search import _Clock
 from ..targets import strip_options
-from .common import BaselineTrace, calls_since
+from .common import BaselineTrace, build_preset, calls_since
 
 GENERIC_PROMPT = "Give a short overall description of this picture."
 FP_PURPOSE = "vicrop_attention"
@@ -98,13 +98,7 @@ VICROP_PRESETS: dict[str, dict] = {
 
 
 def vicrop_preset(family: str, **overrides) -> ViCropConfig:
-    values = dict(VICROP_PRESETS.get(family, {}))
-    known = set(ViCropConfig.__dataclass_fields__)
-    bad = set(overrides) - known
-    if bad:
-        raise ValueError(f"unknown ViCrop option(s) {sorted(bad)}; known: {sorted(known)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = ViCropConfig(**values)
+    cfg = build_preset(ViCropConfig, VICROP_PRESETS, family, "ViCrop", overrides)
     if cfg.variant not in ("rel", "grad"):
         raise ValueError(f"ViCrop variant must be 'rel' or 'grad', not {cfg.variant!r}")
     return cfg

@@ -36,7 +36,7 @@ from ..images import FocusInputError, crop, load_image
 from ..models.base import EXISTENCE_PROMPT
 from ..search import _Clock, highlight
 from ..targets import extract_targets, strip_options
-from .common import BaselineTrace, calls_since, confidences
+from .common import BaselineTrace, build_preset, calls_since, confidences
 
 LATENT_PROMPT = "If you zoomed further into this picture, could a {target} turn up somewhere in it? Answer yes or no."
 ANSWERING_PROMPT = ("{question}\nDoes this picture, as shown, hold enough detail to answer that question with "
@@ -72,13 +72,7 @@ ZOOMEYE_PRESETS: dict[str, dict] = {
 
 
 def zoomeye_preset(family: str, **overrides) -> ZoomEyeConfig:
-    values = dict(ZOOMEYE_PRESETS.get(family, {}))
-    known = set(ZoomEyeConfig.__dataclass_fields__)
-    bad = set(overrides) - known
-    if bad:
-        raise ValueError(f"unknown ZoomEye option(s) {sorted(bad)}; known: {sorted(known)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = ZoomEyeConfig(**values)
+    cfg = build_preset(ZoomEyeConfig, ZOOMEYE_PRESETS, family, "ZoomEye", overrides)
     if cfg.children not in (2, 4):
         raise ValueError(f"children must be 2 or 4, not {cfg.children}")
     if cfg.depth < 1:
