@@ -26,9 +26,9 @@ from PIL import Image, ImageDraw
 from . import rois as R
 from .config import FocusConfig
 from .images import FocusInputError, crop, load_image
-from .models.base import MLLM, RelevancePass, TokenLayout, yes_confidence
+from .models.base import MLLM, RelevancePass, TokenLayout, calls_since, yes_confidence
 from .relevance import object_relevance, random_relevance, smooth_and_downsample
-from .targets import TargetSpec, extract_targets, icl_prompt
+from .targets import TargetSpec, extract_targets
 
 MapHook = Callable[[str, TokenLayout, torch.Tensor], torch.Tensor]
 
@@ -257,10 +257,7 @@ class Focus:
             mode, images, boxes = self.compose(image, per_target, spec.qtype, notes)
             with clock("answer"):
                 ans = m.generate(images, answer_prompt or question, max_new_tokens=cfg.max_new_tokens)
-        calls = Counter(m.calls)
-        calls.subtract(before)
-        calls = {k: v for k, v in calls.items() if v}
-        calls["total"] = sum(v for k, v in calls.items() if k != "verify_crops")
+        calls = calls_since(m, before)
         return Trace(question=question, targets=spec.targets, qtype=spec.qtype, target_source=spec.source,
                      per_target=per_target, chosen_boxes=[tuple(b) for b in boxes], final_mode=mode,
                      final_size=images[0].size, answer=ans, search_fp=fp, model_calls=calls,

@@ -10,7 +10,6 @@ the tests) is used as is.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -27,12 +26,9 @@ def yes_no_logits(mllm, images: list[Image.Image], text: str, purpose: str) -> t
     own = getattr(mllm, "yes_no_logits", None)
     if own is not None:
         return own(images, text, purpose)
-    prompt = mllm.prompt(text, 1)
-    inputs = mllm.build_inputs([[im] for im in images], [prompt] * len(images))
-    out = mllm.model(**mllm._to_device(inputs), use_cache=False, logits_to_keep=1)
+    logits = mllm.ask_yes_no(images, text)
     mllm.calls[purpose] += len(images)
-    ids = [mllm.answer_token_id("Yes"), mllm.answer_token_id("No")]
-    return out.logits[:, -1][:, ids].float().cpu()
+    return logits
 
 
 def confidences(mllm, images: list[Image.Image], text: str, purpose: str) -> list[float]:
@@ -73,14 +69,6 @@ class BaselineTrace:
             "model_calls": dict(self.model_calls), "timings": dict(self.timings), "notes": list(self.notes),
             "per_target": self.per_target, "extra": self.extra,
         }
-
-
-def calls_since(mllm, before: Counter) -> dict[str, int]:
-    calls = Counter(mllm.calls)
-    calls.subtract(before)
-    calls = {k: v for k, v in calls.items() if v}
-    calls["total"] = sum(v for k, v in calls.items() if k != "verify_crops")
-    return calls
 
 
 @dataclass(frozen=True)

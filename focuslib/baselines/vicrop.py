@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from ..images import FocusInputError, crop, load_image
-from ..models.base import TokenLayout
+from ..models.base import TokenLayout, calls_since
 from ..search import _Clock
 from ..targets import strip_options
-from .common import BaselineTrace, build_preset, calls_since
+from .common import BaselineTrace, build_preset
 
 GENERIC_PROMPT = "Give a short overall description of this picture."
 FP_PURPOSE = "vicrop_attention"

@@ -33,10 +33,10 @@ from PIL import Image
 
 from .. import rois as R
 from ..images import FocusInputError, crop, load_image
-from ..models.base import EXISTENCE_PROMPT
+from ..models.base import EXISTENCE_PROMPT, calls_since
 from ..search import _Clock, highlight
 from ..targets import extract_targets, strip_options
-from .common import BaselineTrace, build_preset, calls_since, confidences
+from .common import BaselineTrace, build_preset, confidences
 
 LATENT_PROMPT = "If you zoomed further into this picture, could a {target} turn up somewhere in it? Answer yes or no."
 ANSWERING_PROMPT = ("{question}\nDoes this picture, as shown, hold enough detail to answer that question with "

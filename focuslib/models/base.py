@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -208,19 +208,29 @@ class MLLM(ABC):
                              target_tokens=self.tokenizer.convert_ids_to_tokens(ids[t_idx].tolist()),
                              layout=lay, yes_no=yes_no.cpu(), keys_norope=keys_norope, seq_len=ids.numel())
 
+    def _forward_batch(self, inputs, **kw):
+        """A batched forward; families whose padded sequences need explicit positions override this."""
+        return self.model(**inputs, **kw)
+
     @torch.no_grad()
-    def existence_logits(self, images: list[Image.Image], target: str) -> torch.Tensor:
-        """`[B, 2]` (l_yes, l_no) for each image with the existence prompt, in ONE batched forward."""
+    def ask_yes_no(self, images: list[Image.Image], question: str) -> torch.Tensor:
+        """`[B, 2]` (l_yes, l_no) at the last position for `question` about each image, ONE batched
+        forward, not counted (callers count by purpose)."""
         if not images:
             return torch.zeros(0, 2)
-        text = self.prompt(EXISTENCE_PROMPT.format(target=target), 1)
-        inputs = self.build_inputs([[im] for im in images], [text] * len(images))
-        out = self.model(**self._to_device(inputs), use_cache=False, logits_to_keep=1)
-        self.calls["verify"] += 1
-        self.calls["verify_crops"] += len(images)
-        logits = out.logits[:, -1]
+        text = self.prompt(question, 1)
+        inputs = self._to_device(self.build_inputs([[im] for im in images], [text] * len(images)))
+        out = self._forward_batch(inputs, use_cache=False, logits_to_keep=1)
         ids = [self.answer_token_id("Yes"), self.answer_token_id("No")]
-        return logits[:, ids].float().cpu()
+        return out.logits[:, -1][:, ids].float().cpu()
+
+    def existence_logits(self, images: list[Image.Image], target: str) -> torch.Tensor:
+        """`[B, 2]` (l_yes, l_no) for each image with the existence prompt, in ONE batched forward."""
+        logits = self.ask_yes_no(images, EXISTENCE_PROMPT.format(target=target))
+        if images:
+            self.calls["verify"] += 1
+            self.calls["verify_crops"] += len(images)
+        return logits
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], text: str, max_new_tokens: int = 16,
@@ -245,3 +255,11 @@ class MLLM(ABC):
         text = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return text.strip().split("\n")[0].strip()
 
+
+def calls_since(mllm: MLLM, before: Counter) -> dict[str, int]:
+    """Model calls by purpose since the snapshot `before`, plus `total` (crops are not calls)."""
+    calls = Counter(mllm.calls)
+    calls.subtract(before)
+    calls = {k: v for k, v in calls.items() if v}
+    calls["total"] = sum(v for k, v in calls.items() if k != "verify_crops")
+    return calls

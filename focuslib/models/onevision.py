@@ -189,16 +189,3 @@ class OneVisionAdapter(MLLM):
         mask = inputs["attention_mask"]
         pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
         return self.model(**inputs, position_ids=pos.to(mask.device), **kw)
-
-    @torch.no_grad()
-    def existence_logits(self, images: list[Image.Image], target: str) -> torch.Tensor:
-        from .base import EXISTENCE_PROMPT
-        if not images:
-            return torch.zeros(0, 2)
-        text = self.prompt(EXISTENCE_PROMPT.format(target=target), 1)
-        inputs = self._to_device(self.build_inputs([[im] for im in images], [text] * len(images)))
-        out = self._forward_batch(inputs, use_cache=False, logits_to_keep=1)
-        self.calls["verify"] += 1
-        self.calls["verify_crops"] += len(images)
-        ids = [self.answer_token_id("Yes"), self.answer_token_id("No")]
-        return out.logits[:, -1][:, ids].float().cpu()
