@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= test,eval,notebooks
 JOBS   ?= 2
 
-.PHONY: demo test install clean figures
+.PHONY: demo test install clean figures miniature miniature-report
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) tests
 
+# `make miniature`: generate the synthetic world and train the miniature LLaVA-1.5 on this CPU (~1 h on 2 cores,
+# resumable: re-run after an interruption), ship it to data/models/ and measure it (report.md beside it).
+MINI_RUN ?= .cache/miniature-run
+MINI_OUT ?= data/models/miniature-llava-1.5
+miniature: $(STAMP)
+	$(PY) -m focuslib.miniature --out $(MINI_RUN) --ship $(MINI_OUT)
+	$(PY) -m focuslib.miniature_report --model $(MINI_OUT)
+
+miniature-report: $(STAMP)
+	$(PY) -m focuslib.miniature_report --model $(MINI_OUT)
+
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
 
 # `make figures`: all six notebooks (notebooks/*.ipynb) with papermill on MODEL (GPU node), outputs in figures/,
 # resumable results in results/. In the conda env: `make figures PY=python MODEL=...`.
-# `make figures SMOKE=1`: embedded tiny random-weight model, synthetic benchmarks, CPU, a few minutes -> figures/smoke/.
+# `make figures SMOKE=1`: the embedded default (cli.embedded_default; today the random-weight tiny model), synthetic benchmarks, CPU, a few minutes -> figures/smoke/.
 MODEL  ?= llava-hf/llava-1.5-7b-hf
 DEVICE ?=
 DTYPE  ?=

@@ -78,14 +78,17 @@ def paper_rows(df):
 
 
 def ours_label(model: str, random_weights: bool | None = None) -> str:
-    """'ours (<model name>)', with ', random weights' for focuslib's tiny models (or when told)."""
+    """'ours (<model name>)', with ', random weights' for focuslib's tiny models (or when told) and
+    ', synthetic-trained' for the miniature (focuslib.json says which)."""
     name = Path(str(model)).name or str(model)
+    meta = {}
+    f = Path(str(model)) / "focuslib.json"
+    if f.is_file():
+        meta = json.loads(f.read_text())
     if random_weights is None:
-        random_weights = False
-        f = Path(str(model)) / "focuslib.json"
-        if f.is_file():
-            random_weights = bool(json.loads(f.read_text()).get("random_weights"))
-    return f"ours ({name}{', random weights' if random_weights else ''})"
+        random_weights = bool(meta.get("random_weights"))
+    tag = ", random weights" if random_weights else ", synthetic-trained" if meta.get("trained") else ""
+    return f"ours ({name}{tag})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -419,9 +422,9 @@ def qualitative_figure(sample, image, trace, vanilla_pred: str | None, title: st
 class Session:
     """Model, data, results and figures of one notebook run.
 
-    model: hub id / local path / "tiny" (the embedded random-weight default); data: None (the hub),
+    model: hub id / local path / "tiny" (the embedded default, cli.embedded_default); data: None (the hub),
     "synthetic" (focuslib.synthetic_benchmarks, written under results_dir/_data), or a directory holding
-    one sub-directory per benchmark name. smoke: force the embedded tiny model and synthetic data.
+    one sub-directory per benchmark name. smoke: force the embedded default model and synthetic data.
     """
 
     def __init__(self, model: str = "tiny", *, results_dir="results", figures_dir="figures", data=None,
@@ -568,7 +571,7 @@ class Session:
 
 
 def smoke_parameters(results_dir: str | Path, figures_dir: str | Path) -> dict:
-    """papermill parameters of the smoke mode: the embedded tiny model, synthetic data, a few samples."""
+    """papermill parameters of the smoke mode: the embedded default model, synthetic data, a few samples."""
     return {"smoke": True, "model": "tiny", "device": "cpu", "dtype": "float32", "limit": 2,
             "n_steps": [1, 2], "results_dir": str(results_dir), "figures_dir": str(figures_dir)}
 
@@ -610,7 +613,7 @@ def main(argv=None) -> int:
     import argparse
     import time
     ap = argparse.ArgumentParser(prog="python -m focuslib.report", description=main.__doc__)
-    ap.add_argument("--smoke", action="store_true", help="embedded tiny model, synthetic data, CPU, minutes")
+    ap.add_argument("--smoke", action="store_true", help="embedded default model, synthetic data, CPU, minutes")
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)

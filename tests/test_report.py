@@ -63,6 +63,10 @@ def test_labels(tmp_path):
     (tiny / "focuslib.json").write_text(json.dumps({"random_weights": True}))
     assert report.ours_label(str(tiny)) == "ours (tiny-llava-1.5, random weights)"
     assert report.ours_label("llava-hf/llava-1.5-7b-hf") == "ours (llava-1.5-7b-hf)"
+    mini = tmp_path / "miniature-llava-1.5"
+    mini.mkdir()
+    (mini / "focuslib.json").write_text(json.dumps({"random_weights": False, "trained": True}))
+    assert report.ours_label(str(mini)) == "ours (miniature-llava-1.5, synthetic-trained)"
     assert report.paper_label("llava-ov-7b") == "paper (LLaVA-OV-7B)"
 
 
