@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import synthetic
 from .images import pad_to_square

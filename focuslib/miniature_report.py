@@ -113,8 +113,8 @@ def existence(mllm, items, seed: int = 0, crop_cells: tuple = (3, 5)) -> dict:
         side = cell * rng.integers(crop_cells[0], crop_cells[1] + 1)
         crop, _ = _crop_around(it.image, tbox, side, rng)
         qs.append(("positives", crop, shape, True))
-        color = [c for c in synthetic.COLORS if synthetic.COLORS[c] == _color_at(it, tbox)] or [None]
-        wrong = [c for c in synthetic.COLORS if c != color[0]]
+        color = it.options[synthetic.LETTERS.index(it.label)]   # the colour question's correct option
+        wrong = [c for c in synthetic.COLORS if c != color]
         qs.append(("colour swap", crop, f"{wrong[rng.integers(len(wrong))]} {shape}", False))
         far = [d for d in it.distractors if not _overlaps_expanded(d["bbox"], tbox, side)]
         if far:
@@ -134,11 +134,6 @@ def existence(mllm, items, seed: int = 0, crop_cells: tuple = (3, 5)) -> dict:
     out["n"] = {k: len(v) for k, v in res.items()}
     out["mean c_yes"] = {k: round(float(np.mean(v)), 3) for k, v in conf.items()}
     return out
-
-
-def _color_at(item, box):
-    """The target's colour, read from the V*-style options' correct answer."""
-    return synthetic.COLORS.get(item.options[synthetic.LETTERS.index(item.label)])
 
 
 def _overlaps_expanded(b, t, side):
@@ -169,7 +164,7 @@ def _ranges(num_layers: int, fam: str) -> dict[str, range]:
     half = num_layers // 2
     out = {f"layer {i}": range(i, i + 1) for i in range(num_layers)}
     out.update({f"layers 0-{half}": range(0, half), f"layers {half}-{num_layers}": range(half, num_layers),
-                f"all layers": range(0, num_layers)})
+                "all layers": range(0, num_layers)})
     out["preset (paper's fraction)"] = preset(fam, "vstar").resolved_layers(num_layers)
     return out
 
@@ -292,7 +287,6 @@ def model_card(model: str | Path, rep: dict) -> str:
         from safetensors import safe_open
         with safe_open(str(st), "pt") as f:
             n_params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
-    acc = rep["accuracy"]
     return "\n\n".join([
         "# miniature-llava-1.5: a LLaVA-1.5 trained by focuslib on a CPU",
         "**What it is.** transformers' `LlavaForConditionalGeneration` (CLIP ViT vision tower, 2-layer GELU "
