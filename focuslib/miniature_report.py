@@ -31,6 +31,7 @@ from .metrics import exact_match
 from .models import load_mllm
 from .models.base import yes_confidence
 from .relevance import object_relevance
+from .rois import box_iou
 from .search import Focus
 
 HELD_OUT_SEED = 1000
@@ -39,8 +40,8 @@ RANDOM_STEPS = (2, 4)
 
 
 def _overlaps(a, b) -> bool:
-    """xyxy boxes share area."""
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+    """xyxy boxes share area (the same test as `focus demo`'s 'chosen crop overlaps it')."""
+    return box_iou(a, b) > 0
 
 
 def _xyxy(b):
