@@ -41,7 +41,7 @@ clean:
 
 # `make figures`: all six notebooks (notebooks/*.ipynb) with papermill on MODEL (GPU node), outputs in figures/,
 # resumable results in results/. In the conda env: `make figures PY=python MODEL=...`.
-# `make figures SMOKE=1`: the embedded default (cli.embedded_default; today the random-weight tiny model), synthetic benchmarks, CPU, a few minutes -> figures/smoke/.
+# `make figures SMOKE=1`: the embedded default (cli.embedded_default: the shipped miniature, else the random-weight tiny model), synthetic benchmarks, CPU, a few minutes -> figures/smoke/.
 MODEL  ?= llava-hf/llava-1.5-7b-hf
 DEVICE ?=
 DTYPE  ?=

@@ -18,8 +18,8 @@ def embedded_default() -> tuple[str, str | None]:
     """Path of the embedded default model and a warning to print with it (None if none is due).
 
     A miniature LLaVA-1.5 trained by `make miniature` becomes the default once it is shipped in
-    data/models/miniature-llava-1.5 (issue 7: none is shipped yet, see benchmarks/results_miniature.md);
-    until then the random-weight tiny LLaVA-1.5 is built offline, and the warning says its answers are noise."""
+    data/models/miniature-llava-1.5 (issue 7: attempt 1 is shipped; it answers at chance, see its card);
+    without it the random-weight tiny LLaVA-1.5 is built offline, and the warning says its answers are noise."""
     if (SHIPPED_MINIATURE / "config.json").exists():
         return str(SHIPPED_MINIATURE), None
     from .tiny import TINY_LLAVA_NOTE

@@ -1,6 +1,9 @@
 """The miniature's world, batches and training loop (focuslib.miniature); no training beyond a few micro steps."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +165,38 @@ def test_saved_miniature_loads_through_the_llava_adapter(tmp_path):
     rp = m.relevance_pass(img, "star")
     assert rp.layout.positions.shape == (M.GRID, M.GRID) and len(rp.values) == MICRO["lm_layers"]
     assert rp.target_tokens == ["star"]
+
+
+# ---- the shipped miniature (data/models/miniature-llava-1.5), the embedded default ------------------
+
+from focuslib.cli import SHIPPED_MINIATURE, embedded_default  # noqa: E402
+
+shipped = pytest.mark.skipif(not (SHIPPED_MINIATURE / "config.json").exists(), reason="no miniature shipped")
+
+
+@shipped
+def test_shipped_miniature_is_the_embedded_default_and_says_what_it_is():
+    path, warning = embedded_default()
+    assert Path(path) == SHIPPED_MINIATURE and warning is None
+    meta = json.loads((SHIPPED_MINIATURE / "focuslib.json").read_text())
+    assert meta["trained"] is True and meta["random_weights"] is False
+    card = (SHIPPED_MINIATURE / "README.md").read_text()
+    rep = json.loads((SHIPPED_MINIATURE / "report.json").read_text())
+    # the card carries the measured numbers and the verdict computed from them
+    assert "Goals of issue 7" in card and str(rep["accuracy"]["vanilla"]["direct_attributes"]) in card
+    assert sum(p.stat().st_size for p in SHIPPED_MINIATURE.iterdir()) < 20e6
+
+
+@shipped
+def test_shipped_miniature_answers_in_the_benchmark_formats():
+    """A random-weight model emits arbitrary tokens; the trained one answers with an option letter and Yes/No."""
+    from focuslib import synthetic
+    from focuslib.models import load_mllm
+    mllm = load_mllm(str(SHIPPED_MINIATURE))
+    assert mllm.grid == 12 and mllm.num_layers == 8
+    items = synthetic.generate(6, seed=1000)
+    for it in items:
+        ans = mllm.generate([it.image], it.text).strip()
+        assert ans in synthetic.LETTERS[:len(it.options)], (it.text, ans)
+        yn = mllm.generate([it.image], f"Is there a {it.target_objects[0]} in the image?").strip()
+        assert yn in ("Yes", "No"), yn

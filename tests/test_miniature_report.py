@@ -89,3 +89,5 @@ def test_verdict_says_met_only_when_the_numbers_meet_the_goals():
     assert good.count("-> met") == 4 and "NOT met" not in good and "beats both" in good
     bad = R.verdict(_report(van=40.0, ora=90.0, focus=60.0, rnd=55.0, loc_preset=5.0))
     assert bad.count("NOT met") == 4 and "beats chance, not the saliency baseline" in bad
+    assert "Bottom line" not in bad and "Bottom line" not in good
+    assert "Bottom line" in R.verdict(_report(van=24.0, ora=27.0, focus=25.0, rnd=24.0, loc_preset=3.0))

@@ -47,4 +47,6 @@ def test_notebook_smoke(name, tmp_path, built_default):
     assert not missing, f"{name} did not write {missing}; wrote {sorted(p.name for p in figures.iterdir())}"
     if name in SIDE_BY_SIDE:
         head = (figures / SIDE_BY_SIDE[name]).read_text().splitlines()[0]
-        assert "paper (" in head and "ours (tiny-llava-1.5, random weights)" in head, head
+        assert "paper (" in head and f"{report.ours_label(built_default)}" in head, head
+        assert report.ours_label(built_default) in ("ours (miniature-llava-1.5, synthetic-trained)",
+                                                    "ours (tiny-llava-1.5, random weights)")
