@@ -49,9 +49,9 @@ PAIRS = [(c, s) for c in COLORS for s in SHAPES]
 N_CLASSES = len(PAIRS) + len(COLORS) + len(SHAPES)
 EXISTENCE = "Is there a {target} in the image?"   # the adapter's EXISTENCE_PROMPT
 CAPTION = "Describe the image briefly."
-MINIATURE_NOTE = ("miniature LLaVA-1.5 TRAINED by focuslib.miniature on the synthetic shapes world only "
-                  "(CPU, ~40 min); it knows coloured shapes on grey clutter and nothing else; see its report.md "
-                  "for what it can and cannot do")
+MINIATURE_NOTE = ("miniature LLaVA-1.5 TRAINED by focuslib.miniature on the synthetic shapes world only; it knows "
+                  "coloured shapes on grey clutter and nothing else; what it can and cannot do is in its README.md "
+                  "card (make miniature-report)")
 
 
 @dataclass(frozen=True)
