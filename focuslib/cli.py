@@ -55,7 +55,7 @@ def _print_trace(tr, out=None):
               f"{len(t.verified)} of {len(t.rois)} proposals verified")
     p(f"final input:  {tr.final_mode} {tr.final_size[0]}x{tr.final_size[1]} from boxes {tr.chosen_boxes}")
     p(f"forward passes: search={tr.search_fp} (paper's count) | all model calls={tr.model_calls}")
-    p(f"time [s]:     " + ", ".join(f"{k}={v:.3f}" for k, v in tr.timings.items()))
+    p("time [s]:     " + ", ".join(f"{k}={v:.3f}" for k, v in tr.timings.items()))
     for n in tr.notes:
         p(f"note:         {n}")
 

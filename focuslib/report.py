@@ -505,7 +505,6 @@ class Session:
         res = evaluate(self.mllm, benchmark, method, n_steps, self.limit, out, source=self.source(benchmark),
                        progress=self.progress, print_table=False, **opts)
         meta = json.loads((out / f"{res['stem']}.meta.json").read_text())
-        from .benchmarks import get_spec
         rows = summary_rows(res["summary"], res["recall"], meta, self.label, table, setting)
         for r in rows:
             r["model"] = Path(self.model_path).name

@@ -5,7 +5,6 @@ ids; cached values = v_proj; FOCUS end to end with the interleaved final input; 
 crops with different token counts; `focus ask`."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -117,7 +117,6 @@ def test_planted_map_coordinates(tiny_llava, size, cell):
 
 def test_multi_target_union_and_canvas(tiny_llava):
     img = Image.new("RGB", (2400, 1200), (50, 50, 50))
-    lay = tiny_llava.grid_layout(img)
     near = {"cat": (10, 4), "dog": (10, 7)}
     far = {"cat": (10, 1), "dog": (10, 22)}
     for cells, mode in [(near, "union"), (far, "canvas")]:

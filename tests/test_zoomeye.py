@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.baselines import make_baseline
 from focuslib.baselines.zoomeye import ZoomEye, expected_fp_full_tree, split, zoomeye_preset
 from focuslib.cli import main
 from focuslib.runner import evaluate, read_records
