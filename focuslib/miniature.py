@@ -535,21 +535,15 @@ def _loss(model, stage: str, batch, tokenizer, head) -> torch.Tensor:
         logits = head(feats).amax(dim=1)   # [B, C]: max over patches -> patch tokens become local detectors
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["y"], reduction="none")
         return (bce * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1)
-    if "pixel_values" not in batch and "grids" not in batch:   # text-only (ICL) batch
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-    if stage == "T":
-        embeds = scene_embeds(model, tokenizer, batch)
-        return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+    return model(**_inputs(model, stage, batch, tokenizer), labels=batch["labels"]).loss
 
 
-def _forward(model, stage: str, batch, tokenizer):
-    """Logits of a (non-V) batch, as _loss computes them."""
+def _inputs(model, stage: str, batch, tokenizer) -> dict:
+    """Model inputs of a (non-V) batch: a word scene in stage T, else token ids (+ pixels unless text-only)."""
     if stage == "T" and "grids" in batch:
-        return model(inputs_embeds=scene_embeds(model, tokenizer, batch), attention_mask=batch["attention_mask"]).logits
+        return {"inputs_embeds": scene_embeds(model, tokenizer, batch), "attention_mask": batch["attention_mask"]}
     kw = {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **kw}
 
 
 PROBE_SEED = 7919   # held-out batches: the recipe's seed + this, never seen in training
@@ -569,7 +563,7 @@ def probe(model, r: Recipe, stage: str, processor, n: int = 4) -> dict[str, floa
     hits: dict[str, list[bool]] = {}
     for step in [*range(n), ICL_EVERY - 1]:
         batch = make_batch(rh, stage, step, processor)
-        pred = _forward(model, stage, batch, processor.tokenizer)[:, :-1].argmax(-1)
+        pred = model(**_inputs(model, stage, batch, processor.tokenizer)).logits[:, :-1].argmax(-1)
         lab = batch["labels"][:, 1:]
         ok = (pred == lab) | (lab == -100) | (lab == processor.tokenizer.eos_token_id)
         for task, row in zip(batch["tasks"], ok.all(-1).tolist()):
