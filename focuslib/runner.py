@@ -5,7 +5,9 @@ settings skips the ids already in the file (a torn last line from a crash is dro
 loses at most the sample in flight and never duplicates one. A sample that fails (corrupt image,
 model error) is written as an error record (counted wrong) and the run goes on. With several
 processes (`accelerate launch -m focuslib.cli eval ...`) samples are sharded by process index, each
-process writes its own shard file and process 0 merges them at the end (`merge_shards`).
+process writes its own shard file and process 0 merges them at the end (`merge_shards`: the newest
+record per id wins). One writer per file (an OS file lock); appends always start on a new line; the
+summary counts each id once (the last record).
 
 Methods: "vanilla" (the base model on the whole image) and "focus"; the paper's ablations are
 options of focus: map_variant random | kk | vv, ranking=False, layers=(l, L), overrun.
@@ -19,10 +21,13 @@ results go to a separate file ("__reuse") and reused rows have search_fp 0 (`reu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import sys
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -30,6 +35,7 @@ from typing import Callable
 
 from . import metrics as M
 from .benchmarks import BenchmarkSpec, Sample, get_spec, load_benchmark
+from .images import FocusInputError
 
 METHODS = ("vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad")  # baselines: focuslib.baselines
 SCHEMES = ("generate", "logits", "open")
@@ -39,41 +45,168 @@ SCHEMES = ("generate", "logits", "open")
 # files
 
 
+class RunError(FocusInputError):
+    """A results file or run directory the runner cannot use as it is; the message says what to do."""
+
+
+def _parse_line(line: str) -> list | None:
+    """JSON values on one line: normally one record; several when an append was glued onto a record that
+    lacked its final newline (older versions); None for a torn line (a crash during the write)."""
+    dec, out, i = json.JSONDecoder(), [], 0
+    try:
+        while i < len(line):
+            v, i = dec.raw_decode(line, i)
+            out.append(v)
+            while i < len(line) and line[i].isspace():
+                i += 1
+    except json.JSONDecodeError:
+        return None
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def read_records(path: str | Path, repair: bool = False) -> list[dict]:
-    """Records of a results file; a torn (unparsable) line is skipped, and removed when `repair`."""
+    """Records of a results file, in file order (duplicates kept; `unique_records` picks one per id).
+
+    A torn (unparsable) line from a crash is skipped and, with `repair`, removed (said on stderr); records
+    glued onto one line are split. A line that parses but is no record (not an object, or without "id") and
+    text that is not UTF-8 raise RunError: such a file was not written by this runner."""
     path = Path(path)
     if not path.exists():
         return []
-    good, bad = [], 0
-    lines = path.read_text().splitlines()
-    for line in lines:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise RunError(f"{path} line {line} is not UTF-8 text, so it is not a focuslib results file; "
+                       "move it away or choose another --out") from None
+    good, torn, glued = [], 0, 0
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            good.append(json.loads(line))
-        except json.JSONDecodeError:
-            bad += 1
-    if bad and repair:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in good))
-        os.replace(tmp, path)
+        values = _parse_line(line.strip())
+        if values is None:
+            torn += 1
+            continue
+        glued += len(values) > 1
+        for v in values:
+            if not isinstance(v, dict) or "id" not in v:
+                what = "has no 'id'" if isinstance(v, dict) else f"is a JSON {type(v).__name__}, not a record"
+                raise RunError(f"{path} line {n} {what}, so it is not a focuslib results file; "
+                               "fix or delete that line, or choose another --out")
+            v["id"] = str(v["id"])
+            good.append(v)
+    if repair and (torn or glued or (text and not text.endswith("\n"))):
+        if torn:
+            print(f"note: dropped {torn} torn line(s) of an interrupted write from {path}; "
+                  "those samples run again", file=sys.stderr)
+        _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in good))
     return good
 
 
-def merge_shards(out_dir: str | Path, stem: str) -> Path:
-    """Merge `<stem>.shard*of*.jsonl` into `<stem>.jsonl` (one record per id, first wins)."""
-    out_dir = Path(out_dir)
-    merged, seen = [], set()
-    for f in sorted(out_dir.glob(f"{stem}.shard*of*.jsonl")) + [out_dir / f"{stem}.jsonl"]:
+def unique_records(records: list[dict]) -> list[dict]:
+    """One record per id, the last one in the list (a rerun's record replaces an earlier one)."""
+    last = {}
+    for r in records:
+        last.pop(r["id"], None)
+        last[r["id"]] = r
+    return list(last.values())
+
+
+def _newest_per_id(files: list[Path]) -> dict[str, dict]:
+    """The newest record per id over `files`: by its "finished_at" time, by the file's modification time
+    for records written before records carried one; ties go to the later file / line."""
+    best: dict[str, tuple[float, int, dict]] = {}
+    order = 0
+    for f in files:
+        if not f.exists():
+            continue
+        mtime = f.stat().st_mtime
         for r in read_records(f):
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                merged.append(r)
+            order += 1
+            key = (float(r.get("finished_at") or mtime), order)
+            if r["id"] not in best or key >= best[r["id"]][:2]:
+                best[r["id"]] = (*key, r)
+    return {k: v[2] for k, v in best.items()}
+
+
+def merge_shards(out_dir: str | Path, stem: str) -> Path:
+    """Merge `<stem>.shard*of*.jsonl` and `<stem>.jsonl` into `<stem>.jsonl`: one record per id, the newest
+    (decisions.md D-RB1); the merged shard files are then deleted so that no stale shard can win later."""
+    out_dir = Path(out_dir)
     target = out_dir / f"{stem}.jsonl"
-    tmp = target.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged))
-    os.replace(tmp, target)
+    shards = sorted(out_dir.glob(f"{stem}.shard*of*.jsonl"))
+    with run_lock(target):
+        merged = _newest_per_id([target, *shards])
+        _atomic_write_text(target, "".join(json.dumps(r) + "\n" for r in merged.values()))
+        for f in shards:
+            f.unlink(missing_ok=True)
     return target
+
+
+@contextlib.contextmanager
+def run_lock(path: Path):
+    """Hold `<path>.lock` (an OS file lock, freed by the OS even on SIGKILL) while writing `path`; a second
+    writer is refused with RunError instead of interleaving its records."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no lock
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RunError(f"another run (pid {holder}) is writing {path}; wait for it to finish or use another "
+                       "--out (two writers would duplicate samples)") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _start_on_new_line(path: Path) -> None:
+    """Appends must start on a new line: a last record without its newline would swallow the next one."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """Worker processes of a multi-process run exit when their launcher dies (SIGKILL of the launcher or
+    of its process group): a daemon thread watches the parent pid. Without it orphaned workers go on
+    appending and a relaunch writes the same shard twice."""
+    import threading
+    import time
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                print(f"launcher (pid {parent}) is gone: worker {os.getpid()} stops", file=sys.stderr)
+                os._exit(143)
+    threading.Thread(target=watch, name="focus-exit-with-parent", daemon=True).start()
 
 
 def shard_info() -> tuple[int, int]:
@@ -176,7 +309,7 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
              flops: bool = False, judge: Callable | None = None, progress: bool = True,
              on_record: Callable[[dict], None] | None = None, retry_errors: bool = False,
              shard: tuple[int, int] | None = None, print_table: bool = True,
-             baseline_options: dict | None = None) -> dict:
+             baseline_options: dict | None = None, data_tag: str | None = None) -> dict:
     """Run `method` over `benchmark` and return {"summary", "table", "recall", "records", "path"}.
 
     source: local directory/file of the benchmark (default: the hub); samples: use these instead.
@@ -184,8 +317,12 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     flops: measure FLOPs per sample with FlopCounterMode (slow; off by default).
     judge: an LLMJudge for scheme "open"; without one, open answers are stored unjudged (correct None).
     on_record: called with each record after it is written (progress hooks, tests).
-    shard: (index, count) override of accelerate's process index / count.
+    shard: (index, count) override of accelerate's process index / count; the caller merges (merge_shards).
     baseline_options: options of a baseline method (zoomeye: depth, children, ...; vicrop-*: high, ...).
+    data_tag: what data the run reads (e.g. the synthetic set's size), kept in meta.json so that a resume
+    on other data is refused.
+
+    One writer per results file (`run_lock`); records carry `finished_at`; the summary counts each id once.
     """
     from .search import Focus
     if method not in METHODS:
@@ -195,10 +332,15 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     spec = get_spec(benchmark)
     if scheme in ("logits", "open") and spec.name != "vstar":
         raise ValueError(f"scheme {scheme!r} needs option sentences: only V*Bench has them (C.2, C.5)")
+    if limit is not None and limit < 1:
+        raise RunError(f"limit must be a positive number of samples, got {limit}")
+    if n_steps < 1:
+        raise RunError(f"n_steps must be at least 1, got {n_steps}")
     if samples is None:
         samples = load_benchmark(spec, source=source)
     samples = samples[:limit] if limit is not None else samples
     cfg = _config(mllm, spec, n_steps, scheme, map_variant, ranking, layers, overrun, config_overrides)
+    cfg.resolved_layers(mllm.num_layers)  # a bad layer range fails here, not as an error in every record
     cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["_layers_override"] = bool(layers)
     solver = None
@@ -221,55 +363,72 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     mine = [s for u in units[rank::world] for s in u]
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     stem = settings.stem()
-    path = out_dir / (f"{stem}.jsonl" if world == 1 else f"{stem}.shard{rank}of{world}.jsonl")
+    main_path = out_dir / f"{stem}.jsonl"
+    path = main_path if world == 1 else out_dir / f"{stem}.shard{rank}of{world}.jsonl"
     meta_path = out_dir / f"{stem}.meta.json"
     meta = {k: v for k, v in dataclasses.asdict(settings).items()}
     meta["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_dict.items()
                       if not (isinstance(v, float) and v != v)}
+    if data_tag:
+        meta["data"] = data_tag
     meta_json = json.loads(json.dumps(meta, default=str))
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        try:
+            old = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunError(f"{meta_path} is empty or not JSON, so this run's settings cannot be checked; delete "
+                           f"it to resume with the present settings (the results in {main_path.name} are kept)") from None
+        if "data" not in old:  # written before runs recorded their data
+            old["data"] = meta_json.get("data")
+            old = {k: v for k, v in old.items() if v is not None or k != "data"}
         if old != meta_json:
-            raise RuntimeError(f"{meta_path} records different settings than this run; resume needs the same "
-                               f"settings. Use another --out or delete {stem}.* to start over.")
+            diff = sorted(k for k in set(old) | set(meta_json) if old.get(k) != meta_json.get(k))
+            raise RunError(f"{meta_path} records different settings ({', '.join(diff)}) than this run; resume "
+                           f"needs the same settings. Use another --out or delete {stem}.* to start over.")
     elif rank == 0:
-        meta_path.write_text(json.dumps(meta_json, indent=1))
+        _atomic_write_text(meta_path, json.dumps(meta_json, indent=1))
 
-    done = {r["id"]: r for r in read_records(path, repair=True)}
-    if retry_errors and any(r.get("error") for r in done.values()):
-        done = {k: r for k, r in done.items() if not r.get("error")}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-        os.replace(tmp, path)
-    todo = [s for s in mine if s.id not in done]
+    correct = 0
+    with run_lock(path):
+        recs = read_records(path, repair=True)
+        if world > 1:  # records of earlier single-process or merged runs count as done too; newest wins
+            done = _newest_per_id([main_path, path])
+        else:
+            done = {r["id"]: r for r in recs}
+        if retry_errors and any(r.get("error") for r in done.values()):
+            done = {k: r for k, r in done.items() if not r.get("error")}
+            if world == 1:  # the retried records replace the errors in place; shards: the newest wins
+                _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        todo = [s for s in mine if s.id not in done]
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress,
-               desc=f"{spec.name} {method}" + (f" n={n_steps}" if method == "focus" else ""), dynamic_ncols=True)
-    shared: dict[str, tuple[str, object]] = {}  # permutation group -> (anchor id, trace)
-    correct = sum(bool(r.get("correct")) for r in done.values() if r["id"] in {s.id for s in mine})
-    with open(path, "a") as fh:
-        for s in todo:
-            rec = _run_sample(mllm, focus, spec, s, method, scheme, gt_targets, flops, judge,
-                              shared if reuse_permutations else None)
-            fh.write(json.dumps(rec, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            correct += bool(rec.get("correct"))
-            bar.update(1)
-            bar.set_postfix(acc=f"{100 * correct / max(1, bar.n):.1f}%")
-            if on_record is not None:
-                on_record(rec)
-    bar.close()
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress,
+                   desc=f"{spec.name} {method}" + (f" n={n_steps}" if method == "focus" else ""), dynamic_ncols=True)
+        shared: dict[str, tuple[str, object]] = {}  # permutation group -> (anchor id, trace)
+        correct = sum(bool(r.get("correct")) for r in done.values() if r["id"] in {s.id for s in mine})
+        _start_on_new_line(path)
+        with open(path, "a") as fh:
+            for s in todo:
+                rec = _run_sample(mllm, focus, spec, s, method, scheme, gt_targets, flops, judge,
+                                  shared if reuse_permutations else None)
+                fh.write(json.dumps(rec, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                correct += bool(rec.get("correct"))
+                bar.update(1)
+                bar.set_postfix(acc=f"{100 * correct / max(1, bar.n):.1f}%")
+                if on_record is not None:
+                    on_record(rec)
+        bar.close()
 
-    if world > 1:
+    if world > 1 and shard is None:  # a launched run; with a `shard` override the caller merges when all are done
         barrier()
         if rank == 0:
             path = merge_shards(out_dir, stem)
     ids = {s.id for s in samples} if rank == 0 else {s.id for s in mine}
-    records = [r for r in read_records(path) if r["id"] in ids]
+    records = unique_records([r for r in read_records(path) if r["id"] in ids])
     summary = M.aggregate(records, spec.aggregate)
     rec_pct = M.recall(records) if any(r.get("gt_boxes") for r in records) else None
     title = f"{spec.name} | {method}" + (f" n_steps={n_steps}" if method == "focus" else "") + \
@@ -279,7 +438,7 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
         table += f"\nrecall (ROI covers >= 50% of a GT box): {rec_pct:.2f}%"
     if reuse_permutations:
         table += f"\nreused searches: {sum(1 for r in records if r.get('reused_from'))} of {len(records)}"
-    if print_table:
+    if print_table and rank == 0:  # other ranks hold a partial shard: process 0 prints the merged table
         print(table)
     return {"summary": summary, "table": table, "recall": rec_pct, "records": records, "path": str(path),
             "stem": stem}
@@ -287,9 +446,17 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
 
 def _run_sample(mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme: str, gt_targets: bool,
                 flops: bool, judge, shared: dict | None) -> dict:
-    from .schemes import logits_match
     rec = {"id": s.id, "benchmark": spec.name, "method": method, "scheme": scheme, "category": s.category,
            "groups": s.groups, "gt": s.answer, "options": s.options, "gt_boxes": s.gt_boxes}
+    try:
+        return _answer_sample(rec, mllm, focus, spec, s, method, scheme, gt_targets, flops, judge, shared)
+    finally:
+        rec["finished_at"] = round(time.time(), 6)  # merge rule: the newest record per id wins
+
+
+def _answer_sample(rec: dict, mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme: str,
+                   gt_targets: bool, flops: bool, judge, shared: dict | None) -> dict:
+    from .schemes import logits_match
     device = mllm.device
     try:
         image = s.image()
@@ -363,4 +530,23 @@ def _run_sample(mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme
     return rec
 
 
-__all__ = ["evaluate", "read_records", "merge_shards", "shard_info", "barrier", "METHODS", "SCHEMES"]
+def check_writable(out_dir: Path) -> None:
+    """Fail before any model work if `out_dir` cannot hold results (a file in the way, no permission)."""
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise RunError(f"cannot write results under {out_dir}: {p} is a file, not a directory; "
+                           "choose another --out")
+        if p.exists():
+            break
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write results under {out_dir} ({e.strerror or e}); choose another --out") from None
+
+
+__all__ = ["evaluate", "read_records", "unique_records", "merge_shards", "run_lock", "RunError", "check_writable",
+           "exit_with_parent", "shard_info", "barrier", "METHODS", "SCHEMES"]
