@@ -3,7 +3,14 @@
 Accuracy (A.2): exact match, no post-processing -- "The answer is A" and "(A)" are WRONG when the
 label is "A". Only surrounding whitespace is ignored (the adapters strip it, decisions.md D20).
 A lenient letter-extraction variant is offered for diagnosis, never for the paper's numbers.
-GQA's open answers: exact match after lowercasing and removing punctuation (harness convention).
+GQA's open answers: exact match after lowercasing and DELETING punctuation (lmms-eval's gqa task:
+exact_match with ignore_case + ignore_punctuation; LLaVA-1.5's convert_gqa_for_eval strips a trailing
+"." and lowercases), so "t-shirt" matches "t-shirt" and "T-shirt." but not "t shirt" (decisions D-MS1).
+
+HR-Bench (official scoring, VLMEvalKit report_acc_hrbench / lmms-eval hrbench_aggregate_results): each
+question appears in 4 option permutations ("cycles"); the score is the mean over cycles of the per-cycle
+accuracy. `aggregate` adds it as `acc_cycles` wherever records carry a "cycle" group; it equals `acc` on a
+complete run and is the number to report for a partial one (`partial_note` says when a run is partial).
 
 Recall (sec. 4.3): a GT box counts as found when one of the ROIs the search examined covers at least
 50% of it (overlap = intersection / GT area, decisions.md D21).
@@ -71,14 +78,15 @@ def lenient_match(pred: str | None, gt: str, options: Sequence[str] = ()) -> boo
     return extract_letter(pred, options) == str(gt).strip()
 
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+_DELETE_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize_open(s: str | None) -> str:
-    """Lowercase, punctuation removed, whitespace collapsed (GQA harness convention)."""
+    """Lowercase, every ASCII punctuation character DELETED (not spaced), surrounding whitespace stripped:
+    lmms-eval's exact_match(ignore_case, ignore_punctuation) used by its gqa task (decisions D-MS1)."""
     if s is None:
         return ""
-    return " ".join(_PUNCT.sub(" ", str(s).lower()).split())
+    return str(s).lower().translate(_DELETE_PUNCT).strip()
 
 
 def open_match(pred: str | None, gt: str) -> bool:
@@ -115,7 +123,8 @@ def aggregate(records: Sequence[dict], keys: Sequence[str] = ("category",)) -> d
 
     Errors count as wrong (the sample is in the denominator) and are also counted separately.
     Returns {"overall": row, "<key>=<value>": row, ...}; a row has n, acc, acc_lenient, errors,
-    fp (mean search FPs), calls (mean model calls), time_s, mem_gb (mean peak), tflops (mean).
+    fp (mean search FPs), calls (mean model calls), time_s, mem_gb (mean peak), tflops (mean), and
+    acc_cycles (HR-Bench's mean of per-cycle accuracies, `cycle_accuracy`; None without cycles).
     """
     buckets: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -127,6 +136,7 @@ def aggregate(records: Sequence[dict], keys: Sequence[str] = ("category",)) -> d
 
     def row(rs):
         return {"n": len(rs), "acc": accuracy(r.get("correct", False) for r in rs),
+                "acc_cycles": cycle_accuracy(rs),
                 "acc_lenient": accuracy(r.get("correct_lenient", False) for r in rs),
                 "errors": sum(1 for r in rs if r.get("error")),
                 "fp": _mean(r.get("search_fp") for r in rs if not r.get("error")),
@@ -139,9 +149,39 @@ def aggregate(records: Sequence[dict], keys: Sequence[str] = ("category",)) -> d
     return {k: row(buckets[k]) for k in ordered}
 
 
+def cycle_accuracy(records: Sequence[dict]) -> float | None:
+    """HR-Bench's official accuracy: per-cycle accuracy (records grouped by `groups["cycle"]`, the
+    dataset's cycle_category), averaged over the cycles present. None if no record has a cycle.
+
+    Equals `accuracy` when every cycle holds the same questions (a complete run); on a partial run the
+    cycles differ in size and the two differ (VLMEvalKit vlmeval/dataset/utils/hrbench.py
+    report_acc_hrbench; lmms-eval lmms_eval/tasks/hrbench/utils.py hrbench_aggregate_results)."""
+    by_cycle: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        c = (r.get("groups") or {}).get("cycle")
+        if c is not None:
+            by_cycle[str(c)].append(bool(r.get("correct", False)))
+    if not by_cycle:
+        return None
+    return sum(accuracy(v) for v in by_cycle.values()) / len(by_cycle)
+
+
+# full sizes of the benchmarks (paper Tab. 8; A-OKVQA validation; GQA testdev-balanced), to flag partial runs
+FULL_SIZES: dict[str, int] = {"vstar": 191, "hrbench_4k": 800, "hrbench_8k": 800, "mme_rw_lite": 1919,
+                              "aokvqa": 1145, "gqa": 12578}
+
+
+def partial_note(benchmark: str, n: int) -> str:
+    """"partial: n of N samples" when a run covers fewer samples than the benchmark has, else ""."""
+    full = FULL_SIZES.get(benchmark)
+    return f"partial: {n} of {full} samples" if full is not None and n < full else ""
+
+
 def format_table(summary: dict, title: str = "") -> str:
-    """Plain-text table of `aggregate`'s output."""
+    """Plain-text table of `aggregate`'s output (`acc_cycles` only where some row has it)."""
     cols = ["n", "acc", "acc_lenient", "errors", "fp", "calls", "time_s", "mem_gb", "tflops"]
+    if any(r.get("acc_cycles") is not None for r in summary.values()):
+        cols.insert(2, "acc_cycles")
     w0 = max([len("group")] + [len(k) for k in summary]) + 2
 
     def fmt(v):
@@ -273,6 +313,6 @@ def count_flops(fn: Callable, *args, **kwargs) -> tuple[object, int]:
 
 
 __all__ = ["exact_match", "extract_letter", "lenient_match", "normalize_open", "open_match", "score_answer",
-           "accuracy", "aggregate", "format_table", "gt_overlap", "recall_hits", "examined_rois", "recall",
+           "accuracy", "aggregate", "cycle_accuracy", "FULL_SIZES", "partial_note", "format_table", "gt_overlap", "recall_hits", "examined_rois", "recall",
            "fp_at_accuracy", "relative_efficiency", "count_flops", "peak_memory_gb", "reset_peak_memory",
            "synchronize", "Timer"]

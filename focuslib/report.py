@@ -122,17 +122,22 @@ def _category(key: str) -> str:
 
 def summary_rows(summary: dict, recall: float | None, meta: dict, source: str, table: str = "",
                  setting: str | None = None) -> list[dict]:
-    """metrics.aggregate's summary (+ recall) of one run -> long rows."""
+    """metrics.aggregate's summary (+ recall) of one run -> long rows.
+
+    HR-Bench: "acc" is the official mean of the per-cycle accuracies (`acc_cycles`, equal to the plain
+    mean on a complete run). A run with fewer samples than the benchmark says so in `note`."""
+    from .metrics import partial_note
+    note = partial_note(meta.get("benchmark", ""), int(summary.get("overall", {}).get("n") or 0))
     base = {"table": table, "model": meta.get("model", ""), "method": meta.get("method", ""),
             "setting": setting or setting_of(meta),
             "n_steps": meta.get("n_steps") if meta.get("method") == "focus" else None,
-            "scheme": meta.get("scheme", "generate"), "source": source, "note": ""}
+            "scheme": meta.get("scheme", "generate"), "source": source, "note": note}
     rows = []
     for key, r in summary.items():
         if key.startswith("cycle="):   # HR-Bench permutation index: not a category of the paper
             continue
         for m in METRICS:
-            v = r.get(m)
+            v = r.get("acc_cycles") if m == "acc" and r.get("acc_cycles") is not None else r.get(m)
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
             rows.append({**base, "benchmark": meta.get("benchmark", ""), "category": _category(key), "metric": m,
@@ -179,9 +184,13 @@ def side_by_side(df, index: Sequence[str], columns: Sequence[str] = ("benchmark"
     """Pivot long rows (paper and ours concatenated) into rows `index` x columns (`columns`..., source).
 
     Every source (e.g. "paper (LLaVA-1.5-7B)", "ours (...)") gets its own column under each column key, so
-    the paper's number stands next to ours. Missing cells are empty (NaN)."""
+    the paper's number stands next to ours. Missing cells are empty (NaN). Rows of a partial run (note
+    "partial: n of N samples") get that note in their source label, so the table says so."""
     import pandas as pd
     df = df.copy()
+    if "note" in df.columns:
+        part = df["note"].fillna("").astype(str).str.startswith("partial")
+        df.loc[part, "source"] = df.loc[part, "source"].astype(str) + " [" + df.loc[part, "note"].astype(str) + "]"
     for c in list(index) + list(columns):
         df[c] = [("-" if v is None or (isinstance(v, float) and math.isnan(v)) or v is getattr(pd, "NA", None)
                   else str(int(v)) if isinstance(v, float) and v == int(v) else str(v)) for v in df[c]]

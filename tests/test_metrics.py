@@ -24,8 +24,12 @@ def test_lenient_letter_extraction():
 
 
 def test_open_answers_gqa_normalisation():
-    assert M.open_match("Yes.", "yes") and M.open_match("  Left ", "left") and M.open_match("t-shirt", "t shirt")
+    assert M.open_match("Yes.", "yes") and M.open_match("  Left ", "left") and M.open_match("T-shirt.", "t-shirt")
     assert not M.open_match("the left", "left") and not M.open_match("no", "yes")
+    # lmms-eval's exact_match(ignore_case, ignore_punctuation) DELETES punctuation: a hyphen is not a space
+    assert not M.open_match("tennis racket", "tennis-racket") and not M.open_match("t shirt", "t-shirt")
+    assert M.open_match("tennisracket", "tennis-racket")
+    assert M.normalize_open(" Don't, 'stop'! ") == "dont stop"
     s = M.score_answer("open", "It is red", "red")
     assert s == {"correct": False, "correct_lenient": True}
     assert M.score_answer("letter", "The answer is A", "A", ["x", "y"]) == {"correct": False, "correct_lenient": True}
@@ -112,3 +116,46 @@ def test_timer_and_memory_on_cpu():
         sum(range(1000))
     assert t.s is not None and t.s >= 0
     assert M.peak_memory_gb("cpu") is None
+
+
+def _hr(correct_by_cycle):
+    return [{"correct": ok, "groups": {"category": cat, "cycle": str(c)}}
+            for c, items in correct_by_cycle.items() for ok, cat in items]
+
+
+def test_hrbench_cycle_average_is_the_official_score():
+    # complete: every cycle holds the same 2 questions -> mean of cycle means == plain mean
+    full = _hr({c: [(c % 2 == 0, "FSP"), (True, "FCP")] for c in range(4)})
+    s = M.aggregate(full, ["category", "cycle"])
+    assert s["overall"]["acc"] == s["overall"]["acc_cycles"] == 75.0
+    # partial: cycle 0 has 3 samples (1 right), cycle 1 has 1 (right): official = (33.3 + 100) / 2, plain = 50
+    part = _hr({0: [(True, "FSP"), (False, "FSP"), (False, "FCP")], 1: [(True, "FSP")]})
+    s = M.aggregate(part, ["category", "cycle"])
+    assert s["overall"]["acc"] == 50.0
+    assert s["overall"]["acc_cycles"] == pytest.approx((100 / 3 + 100) / 2)
+    assert s["category=FSP"]["acc_cycles"] == pytest.approx((50 + 100) / 2)   # per category, then over cycles
+    assert s["category=FCP"]["acc_cycles"] == 0.0
+    assert "acc_cycles" in M.format_table(s) and "66.67" in M.format_table(s).splitlines()[1]
+    assert M.aggregate([{"correct": True, "groups": {"category": "x"}}])["overall"]["acc_cycles"] is None
+    assert "acc_cycles" not in M.format_table(M.aggregate([{"correct": True}]))
+
+
+def test_partial_note():
+    assert M.partial_note("hrbench_8k", 37) == "partial: 37 of 800 samples"
+    assert M.partial_note("vstar", 191) == "" and M.partial_note("unknown", 3) == ""
+
+
+def test_report_uses_the_cycle_mean_and_flags_a_partial_run():
+    import pandas as pd
+
+    from focuslib import report
+    part = _hr({0: [(True, "FSP"), (False, "FSP"), (False, "FCP")], 1: [(True, "FSP")]})
+    meta = {"benchmark": "hrbench_4k", "method": "vanilla", "scheme": "generate", "model": "m", "config": {}}
+    df = pd.DataFrame(report.run_rows(part, meta, "ours (m)"))
+    acc = df[(df.category == "overall") & (df.metric == "acc")]
+    assert float(acc.value.iloc[0]) == pytest.approx((100 / 3 + 100) / 2)
+    assert set(df.note) == {"partial: 4 of 800 samples"}
+    paper = pd.DataFrame([dict(method="vanilla", setting="-", benchmark="hrbench_4k", metric="acc", value=60.0,
+                               source="paper (X)", note="")])
+    wide = report.side_by_side(pd.concat([paper, acc.assign(setting="-")]), ["method"], ["benchmark"])
+    assert [c[-1] for c in wide.columns] == ["paper (X)", "ours (m) [partial: 4 of 800 samples]"]
