@@ -174,39 +174,55 @@ class MLLM(ABC):
         return self.layout(image, self.build_inputs([[image]], [text]))
 
     @torch.no_grad()
-    def relevance_pass(self, image: Image.Image, target: str, keys: bool = False) -> RelevancePass:
-        """One forward pass of the existence prompt on the whole image, keeping the KV cache."""
+    def relevance_pass(self, image: Image.Image, target: str, keys: bool = False,
+                       layers: list[int] | None = None) -> RelevancePass:
+        """One forward pass of the existence prompt on the whole image.
+
+        The values are read where the cache would get them (each layer's `v_proj` output, which RoPE
+        never touches), so no KV cache is built: keys are never stored, and with `layers` only those
+        layers' values are kept (`values[l]` is None elsewhere). Logits are computed for the last
+        position only: on an HR-8K image a full `[N, vocab]` logit tensor would be gigabytes.
+        """
         question = EXISTENCE_PROMPT.format(target=target)
         text = self.prompt(question, 1)
         start = text.rindex(question) + question.index(target)
         inputs = self.build_inputs([[image]], [text], offsets=True)
         t_idx = self._target_positions(text, (start, start + len(target)), inputs)
         lay = self.layout(image, inputs)
-        captured: dict[int, torch.Tensor] = {}
+        keep = range(self.num_layers) if layers is None else sorted(set(layers))
+        vals: dict[int, torch.Tensor] = {}
+        ks: dict[int, torch.Tensor] = {}
         hooks = []
-        if keys:
-            for i, layer in enumerate(self.decoder_layers):
-                hooks.append(layer.self_attn.k_proj.register_forward_hook(
-                    lambda m, a, out, i=i: captured.__setitem__(i, out.detach())))
+        for i in keep:
+            attn = self.decoder_layers[i].self_attn
+            hooks.append(attn.v_proj.register_forward_hook(
+                lambda m, a, out, i=i: vals.__setitem__(i, out.detach()[0])))
+            if keys:
+                hooks.append(attn.k_proj.register_forward_hook(
+                    lambda m, a, out, i=i: ks.__setitem__(i, out.detach()[0])))
         try:
             model_inputs = {k: v for k, v in inputs.items() if k != "offset_mapping"}
-            out = self.model(**self._to_device(model_inputs), use_cache=True)
+            out = self.model(**self._to_device(model_inputs), use_cache=False, logits_to_keep=1)
         finally:
             for h in hooks:
                 h.remove()
         self.calls["relevance"] += 1
-        cache = out.past_key_values
-        values = [cache.layers[i].values[0].detach() for i in range(len(cache.layers))]
-        keys_norope = None
-        if keys:
-            H, D = values[0].shape[0], values[0].shape[-1]
-            keys_norope = [captured[i][0].view(-1, H, D).transpose(0, 1) for i in range(len(values))]
+        D = self._head_dim()
+        heads = lambda x: x.view(x.shape[0], -1, D).transpose(0, 1)   # [N, H*D] -> [H, N, D]
+        values = [heads(vals[i]) if i in vals else None for i in range(self.num_layers)]
+        keys_norope = [heads(ks[i]) if i in ks else None for i in range(self.num_layers)] if keys else None
         logits = out.logits[0, -1]
+        del out
         yes_no = torch.stack([logits[self.answer_token_id("Yes")], logits[self.answer_token_id("No")]]).float()
         ids = inputs["input_ids"][0]
         return RelevancePass(values=values, target_idx=t_idx.to(self.device),
                              target_tokens=self.tokenizer.convert_ids_to_tokens(ids[t_idx].tolist()),
                              layout=lay, yes_no=yes_no.cpu(), keys_norope=keys_norope, seq_len=ids.numel())
+
+    def _head_dim(self) -> int:
+        """Head dimension of the LLM (the cache's D)."""
+        cfg = self.model.config.get_text_config(decoder=True)
+        return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
     def _forward_batch(self, inputs, **kw):
         """A batched forward; families whose padded sequences need explicit positions override this."""
@@ -232,28 +248,130 @@ class MLLM(ABC):
             self.calls["verify_crops"] += len(images)
         return logits
 
+    # ---- generation: our own greedy loop ---------------------------------------------------
+    # Every generation states its settings: greedy argmax, the model's end-of-turn ids, a token cap,
+    # nothing else. transformers' `generate` fills unset fields from the checkpoint's generation_config
+    # (Qwen2.5-VL ships repetition_penalty 1.05, do_sample true, temperature / top_p / top_k), which
+    # would change greedy answers and the ICL targets (issue 13, decisions D24-PF); a plain loop over
+    # the model's forward cannot inherit any of it.
+
+    def stop_ids(self) -> set[int]:
+        """End-of-turn token ids: the checkpoint's eos id(s) and the tokenizer's (not sampling settings)."""
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(ids if isinstance(ids, (list, tuple)) else [] if ids is None else [ids])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _greedy(self, inputs: dict, max_new_tokens: int, stop_at_newline: bool = False,
+                past=None, text_only: bool = False) -> list[int]:
+        """Greedy decoding of ONE sequence. `inputs` are the model inputs of the (uncached) prompt part;
+        `past` a cache holding the tokens before it. Logits of the last position only. Stops at an
+        end-of-turn id, after `max_new_tokens`, or (stop_at_newline) at the first newline that follows
+        some text. Text-only calls pass explicit positions (Qwen2.5-VL would otherwise reuse rope deltas
+        left by an earlier image prompt)."""
+        stop = self.stop_ids()
+        new: list[int] = []
+        ids = inputs["input_ids"]
+        start = 0 if past is None else past.get_seq_length()
+        step = dict(inputs)
+        for _ in range(max_new_tokens):
+            if text_only:
+                n = step["input_ids"].shape[1]
+                step["position_ids"] = torch.arange(start, start + n, device=ids.device)[None]
+            out = self.model(**step, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            start += step["input_ids"].shape[1]
+            tok = int(out.logits[0, -1].argmax())
+            del out
+            if tok in stop:
+                break
+            new.append(tok)
+            if stop_at_newline:
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                if "\n" in text.lstrip():   # a newline after some text ends the line we read
+                    break
+            # one unpadded sequence: no mask needed (Qwen2.5-VL then adds its rope deltas to the position)
+            step = {"input_ids": torch.tensor([[tok]], device=ids.device)}
+        return new
+
     @torch.no_grad()
     def generate(self, images: list[Image.Image], text: str, max_new_tokens: int = 16,
                  purpose: str = "answer") -> str:
-        """Greedy open-ended answer to `text` about `images` (one prompt)."""
+        """Greedy open-ended answer to `text` about `images` (one prompt), settings as `_greedy`."""
         prompt = self.prompt(text, len(images))
         inputs = self._to_device(self.build_inputs([list(images)], [prompt]))
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = self._greedy(inputs, max_new_tokens)
         self.calls[purpose] += 1
-        new = out[0, inputs["input_ids"].shape[1]:]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
+    # the few-shot target prompt is the same for every question: its KV is computed once and reused
+    min_prefix_tokens: int = 32
+
+    def clear_prefix_cache(self) -> None:
+        self._prefix = None
+        self._last_text_ids = None
+
+    def _prefix_cache(self, ids: list[int]):
+        """(cache holding `ids[:P]`, P) for a text-only prompt, or (None, 0).
+
+        The cached prefix is the longest token prefix shared with earlier prompts (found from two
+        calls, then only ever shortened), so the ICL header and examples are computed once per model
+        and nothing about the prompt format is assumed here."""
+        from transformers import DynamicCache
+
+        prefix = getattr(self, "_prefix", None)
+        if prefix is not None:
+            pids, kv = prefix
+            n = _common_prefix(ids, pids)
+            if n < self.min_prefix_tokens:
+                prefix = None
+            elif n < len(pids):
+                prefix = (pids[:n], [(k[:, :, :n], v[:, :, :n]) for k, v in kv])
+        if prefix is None:
+            last = getattr(self, "_last_text_ids", None)
+            self._last_text_ids = ids
+            n = _common_prefix(ids, last) if last is not None else 0
+            if n < self.min_prefix_tokens:
+                self._prefix = None
+                return None, 0
+            pids = ids[:n]
+            out = self.model(input_ids=torch.tensor([pids], device=self.device), use_cache=True,
+                             position_ids=torch.arange(n, device=self.device)[None], logits_to_keep=1)
+            c = out.past_key_values
+            prefix = (pids, [(c.layers[i].keys, c.layers[i].values) for i in range(len(c.layers))])
+            self.calls["prefix_cache"] += 1
+        self._prefix = prefix
+        pids, kv = prefix
+        P = min(len(pids), len(ids) - 1)          # at least one prompt token runs through the model
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(kv):
+            cache.update(k[:, :, :P], v[:, :, :P], i)
+        return cache, P
+
     @torch.no_grad()
-    def generate_text(self, prompt: str, max_new_tokens: int = 24, purpose: str = "targets") -> str:
-        """Greedy text-only continuation of a raw prompt (no chat format), cut at the first newline."""
-        enc = self.tokenizer(prompt, return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+    def generate_text(self, prompt: str, max_new_tokens: int = 24, purpose: str = "targets",
+                      use_prefix_cache: bool = True) -> str:
+        """Greedy text-only continuation of a raw prompt (no chat format), cut at the first newline.
+
+        Generation stops at that newline (nothing after it is read) and after `max_new_tokens`; the
+        prompt's prefix shared with earlier calls is served from a cache (`_prefix_cache`)."""
+        ids = self.tokenizer(prompt)["input_ids"]
+        cache, P = self._prefix_cache(ids) if use_prefix_cache else (None, 0)
+        inputs = {"input_ids": torch.tensor([ids[P:]], device=self.device)}
+        new = self._greedy(inputs, max_new_tokens, stop_at_newline=True, past=cache, text_only=True)
         self.calls[purpose] += 1
-        text = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
         return text.strip().split("\n")[0].strip()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def calls_since(mllm: MLLM, before: Counter) -> dict[str, int]:
