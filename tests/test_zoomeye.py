@@ -1,6 +1,9 @@
-"""ZoomEye: forward passes per question equal what the tree shape and the stopping rule imply (scripted fake
-adapter), the depth weighting decides the visiting order, type-2 collects every instance, and the method runs
-end to end on the tiny LLaVA and through `focus eval` next to FOCUS."""
+"""ZoomEye against the official algorithm (om-ai-lab/ZoomEye, decisions.md D22-ZE): scripted confidences drive
+our search, and the visit order, the chosen view and the forward passes are compared with values worked out by
+hand from the official code (ZoomEye/zoom_eye.py zoom_eye_search_type1 / post_order_search, tree.py,
+zoom_model.py). Each test also fails on the earlier re-implementation (fixed pop cap, w(d) = d/(depth+1),
+2x2 only, leaf at <=, type-2 breadth-first, no root rules, no whole-image filter, crop-of-box final input).
+End to end on the tiny LLaVA / OneVision and through `focus eval`."""
 import math
 from collections import Counter
 
@@ -9,32 +12,45 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.baselines.zoomeye import ZoomEye, expected_fp_full_tree, split, zoomeye_preset
+from focuslib.baselines.zoomeye import (FP_PURPOSES, ZOOM_INTRO, Node, ZoomEye, expected_fp_full_tree, grow, split,
+                                        tree_depth, zoomeye_preset)
 from focuslib.cli import main
 from focuslib.runner import evaluate, read_records
 from focuslib.synthetic_benchmarks import write_synthetic
 
 W, H = 1024, 768
+TL, TR, BL, BR = (0, 0, 512, 384), (512, 0, 1024, 384), (0, 384, 512, 768), (512, 384, 1024, 768)
+QUAD = {TL: 0.5, TR: 0.4, BL: 0.3, BR: 0.2}   # priorities of the depth-1 quadrants (c_e = c_l = v)
 
 
 def coord_image(w=W, h=H) -> Image.Image:
-    """Each pixel encodes its own position, so a crop tells where it came from."""
+    """Each pixel encodes its own position, so a crop tells where it came from (w, h <= 4096)."""
     x = np.arange(w)[None, :].repeat(h, 0)
     y = np.arange(h)[:, None].repeat(w, 1)
     arr = np.stack([x % 256, y % 256, (x // 256) * 16 + (y // 256)], -1).astype(np.uint8)
     return Image.fromarray(arr)
 
 
+def position(im: Image.Image, at=(0, 0)) -> tuple[int, int]:
+    r, g, b = im.getpixel(at)[:3]
+    return (b // 16) * 256 + r, (b % 16) * 256 + g
+
+
 def decode(im: Image.Image) -> tuple[int, int, int, int]:
-    r, g, b = im.getpixel((0, 0))
-    x0, y0 = (b // 16) * 256 + r, (b % 16) * 256 + g
+    x0, y0 = position(im)
     return (x0, y0, x0 + im.width, y0 + im.height)
 
 
+def logit_row(c: float) -> list[float]:
+    c = max(-0.999, min(0.999, c))
+    return [math.log((1 + c) / (1 - c)), 0.0]   # c_yes = 2*(sigmoid(l_yes - l_no) - 0.5) = c
+
+
 class FakeMLLM:
-    """Scripted confidences: script(kind, box) -> c in (-1, 1); kind in e (existence) / l (latent) / a (answering)."""
+    """Scripted confidences: script(kind, box, text) -> c; kind e / l / a / f (existence, latent, answering,
+    whole-image filter); box = the view decoded from the coordinate image. Logs every call in order."""
     family, multi_image, device = "llava-1.5", False, "cpu"
-    KINDS = {"zoomeye_existence": "e", "zoomeye_latent": "l", "zoomeye_answering": "a"}
+    KINDS = {"zoomeye_existence": "e", "zoomeye_latent": "l", "zoomeye_answering": "a", "zoomeye_filter": "f"}
 
     def __init__(self, script):
         self.script, self.calls, self.log = script, Counter(), []
@@ -43,15 +59,14 @@ class FakeMLLM:
         self.calls[purpose] += len(images)
         rows = []
         for im in images:
-            box = decode(im)
-            c = max(-0.999, min(0.999, self.script(self.KINDS[purpose], box)))
-            self.log.append((self.KINDS[purpose], box))
-            rows.append([math.log((1 + c) / (1 - c)), 0.0])  # c_yes = 2*(sigmoid(l_yes - l_no) - 0.5)
+            k, box = self.KINDS[purpose], decode(im)
+            self.log.append((k, box))
+            rows.append(logit_row(self.script(k, box, text)))
         return torch.tensor(rows)
 
     def generate(self, images, text, max_new_tokens=16, purpose="answer"):
         self.calls[purpose] += 1
-        self.final = images
+        self.final, self.final_text = images, text
         return "A"
 
     def generate_text(self, prompt, **kw):
@@ -62,110 +77,249 @@ def contains(box, p):
     return box[0] <= p[0] < box[2] and box[1] <= p[1] < box[3]
 
 
-def run(script, targets=("car",), **cfg):
+def run(script, targets=("car",), image=None, **cfg):
     m = FakeMLLM(script)
-    cfg.setdefault("min_patch", 0)
-    tr = ZoomEye(m, zoomeye_preset("llava-1.5", **cfg)).answer(coord_image(), "What is the color of the car?",
+    cfg.setdefault("min_patch", 0)   # views = the node boxes exactly (grow() adds nothing)
+    tr = ZoomEye(m, zoomeye_preset("llava-1.5", **cfg)).answer(image or coord_image(), "What is the color of the car?",
                                                               targets=list(targets))
     return m, tr
 
 
-# hand-computed: N nodes popped (1 FP each: answering) + (N - 1) non-root nodes scored (2 FPs: existence, latent)
-@pytest.mark.parametrize("depth,children,expected", [(1, 2, 7), (1, 4, 13), (2, 2, 19), (2, 4, 61), (3, 2, 43)])
-def test_fp_of_a_search_that_never_stops(depth, children, expected):
-    m, tr = run(lambda k, b: -0.9, depth=depth, children=children)
-    n = sum(children ** d for d in range(depth + 1))
-    assert tr.search_fp == expected == expected_fp_full_tree(depth, children)
-    assert m.calls["zoomeye_answering"] == n and m.calls["zoomeye_existence"] == m.calls["zoomeye_latent"] == n - 1
-    assert tr.model_calls["answer"] == 1 and "answer" not in ("zoomeye_existence",)  # final answer not a search FP
-    assert "no view reached" in " ".join(tr.notes)
+def pops(m):
+    return [b for k, b in m.log if k == "a"]
 
 
-def test_stop_at_the_root_costs_one_pass():
-    m, tr = run(lambda k, b: 0.9 if k == "a" else -0.9, depth=5, children=4)
-    assert tr.search_fp == 1 and tr.final_mode == "whole" and m.final[0].size == (W, H)
-
-
-P = (800, 600)
-
-
-def planted(stop_side):
-    """The object sits at P; the view answers once it is no larger than stop_side on its long side."""
-    def script(kind, box):
-        inside = contains(box, P)
+def quad_script(answer=lambda box: -0.9, deep=lambda box: -0.5):
+    """Priority v = c_e = c_l by node (depth-1 quadrants QUAD, depth 2 `deep`), the root never scored."""
+    def script(kind, box, text):
         if kind == "a":
-            return 0.9 if inside and max(box[2] - box[0], box[3] - box[1]) <= stop_side else -0.5
-        return 0.8 if inside else -0.8
+            return answer(box)
+        assert box != (0, 0, W, H), "the root never gets c_e / c_l"
+        return QUAD.get(box, None) if box in QUAD else deep(box)
     return script
 
 
-@pytest.mark.parametrize("depth,children,stop_side,expected,chosen_depth", [
-    (2, 4, 256, 1 + 8 + 1 + 8 + 1, 2),           # root, 4 kids, pop kid, 4 grandkids, pop grandkid -> stop
-    (3, 2, 384, 1 + 4 + 1 + 4 + 1 + 4 + 1, 3),   # halves: 512x768 -> 512x384 -> 256x384 (long side 384)
-    (5, 4, 512, 1 + 8 + 1, 1),                   # the first quadrant popped already answers
-])
-def test_fp_with_a_planted_object_and_early_stop(depth, children, stop_side, expected, chosen_depth):
-    m, tr = run(planted(stop_side), depth=depth, children=children)
-    assert tr.search_fp == expected
-    (box,) = tr.chosen_boxes
-    assert contains(box, P) and tr.final_mode == "crop" and decode(m.final[0]) == tuple(box)
-    chosen = tr.per_target[0]["rois"][tr.per_target[0]["best"]]
-    assert chosen["depth"] == chosen_depth and chosen["c_a"] >= 0.6
-    # only nodes on the path to P were popped
-    assert all(contains(b, P) for k, b in m.log if k == "a" and b != (0, 0, W, H))
+# ---- type-1: the stopping schedule -------------------------------------------------------------
+def test_schedule_ends_a_search_that_never_answers():
+    # D = 2 (depth 2, 1024x768): pop limit 3*D = 6. Pops: root (expand: 4 x c_e,c_l), TL .5, TR .4, BL .3, BR .2
+    # (each expanded: 16 grandchildren x 2), then grandchildren (all -0.5, ties in queue order: TL's, TR's, BL's).
+    # Threshold falls at pops 6, 8, 10, 12, 14 to 0.5, 0.4, 0.2, 0.0, -0.2; no c_a (-0.9) ever reaches it and
+    # -0.2 < lower bound 0 ends the search at pop 14 (the old code popped all 21 nodes: 61 FPs).
+    m, tr = run(quad_script(), depth=2)
+    t = tr.per_target[0]
+    assert t["num_pop"] == 14 and t["max_depth"] == 2 and t["best"] is None
+    assert [p for p, _ in t["thresholds"]] == [6, 8, 10, 12, 14]
+    assert [round(x, 6) for _, x in t["thresholds"]] == [0.5, 0.4, 0.2, 0.0, -0.2]
+    seen = pops(m)
+    assert seen[:5] == [(0, 0, W, H), TL, TR, BL, BR]
+    assert seen[5:9] == split(TL, 4) and seen[9:13] == split(TR, 4) and seen[13] == split(BL, 4)[0]
+    assert tr.search_fp == 14 + 2 * (4 + 16) == 54 and m.calls["zoomeye_answering"] == 14
+    assert tr.final_mode == "whole" and "not in the final input" in " ".join(tr.notes)
 
 
-def test_depth_weighting_decides_which_child_is_visited_first():
-    # left half: strong existence, weak latent; right half: no existence, strong latent
-    def script(kind, box):
-        left = box[0] == 0 and box[2] < W
+def test_falling_threshold_takes_the_best_popped_view():
+    # as above, but c_a(TR) = 0.45 and c_a(BL) = 0.42: nothing reaches 0.6 or (pop 6) 0.5; at pop 8 the
+    # threshold is 0.4: TR and BL qualify, the higher c_a (TR) is kept and the search ends.
+    # FPs: 8 c_a + 2 x (4 + 16) = 48 (old code: 61, every node popped).
+    m, tr = run(quad_script(answer=lambda b: {TR: 0.45, BL: 0.42}.get(b, -0.9)), depth=2)
+    t = tr.per_target[0]
+    assert t["num_pop"] == 8 and tr.search_fp == 48 and t["stopped"] is False
+    assert t["rois"][t["best"]]["box"] == TR and tr.chosen_boxes == [TR] and decode(m.final[0]) == TR
+
+
+# whole tree popped when it has at most 3D + 8 nodes: N c_a + 2 (N - 1) c_e, c_l
+@pytest.mark.parametrize("depth,children,expected", [(1, 2, 7), (1, 4, 13), (2, 2, 19), (3, 2, 43)])
+def test_fp_of_a_small_tree_that_never_answers(depth, children, expected):
+    m, tr = run(lambda k, b, t: -0.9, depth=depth, children=children)
+    n = sum(children ** d for d in range(depth + 1))
+    assert n <= 3 * depth + 8 and tr.search_fp == expected == expected_fp_full_tree(depth, children)
+    assert m.calls["zoomeye_answering"] == n and m.calls["zoomeye_existence"] == m.calls["zoomeye_latent"] == n - 1
+    assert tr.model_calls["answer"] == 1   # the final answer is not a search FP
+
+
+def test_stop_at_the_root_costs_one_pass():
+    m, tr = run(lambda k, b, t: 0.9 if k == "a" else -0.9, depth=5)
+    assert tr.search_fp == 1 and tr.final_mode == "whole" and m.final[0].size == (W, H)
+
+
+# ---- type-1: the depth weight ------------------------------------------------------------------
+@pytest.mark.parametrize("bias,first", [(None, TL), (0.0, TR)])
+def test_depth_weight_uses_the_real_tree_depth_and_bias(bias, first):
+    # min_patch 300: 1024x768 -> 512x384 -> 256x192 (< 300, leaves): real depth 2 although depth=5, so D = 2.
+    # LLaVA b = 0.2: w(1) = 0.8 * 1/4 + 0.2 = 0.4; TL (c_e .9, c_l 0) = .36 beats the others (0, .5) = .30.
+    # b = 0: w(1) = .25: TL .225 < .375 -> TR (first of the tied). With D = depth = 5 (or the old w = d/6) TL
+    # would lose too. The first child popped answers (c_a .9): FPs 1 + 8 + 1.
+    def script(kind, box, text):
         if kind == "a":
             return -0.9 if box == (0, 0, W, H) else 0.9
-        return {("e", True): 0.9, ("l", True): 0.3, ("e", False): 0.0, ("l", False): 0.6}[(kind, left)]
-    _, shallow = run(script, depth=1, children=2)   # w(1) = 1/2: left 0.6 > right 0.3
-    _, deep = run(script, depth=5, children=2)      # w(1) = 1/6: left 0.4 < right 0.5
-    assert shallow.chosen_boxes == [(0, 0, 512, H)] and deep.chosen_boxes == [(512, 0, W, H)]
-    assert shallow.search_fp == deep.search_fp == 1 + 4 + 1
+        return {"e": 0.9, "l": 0.0}[kind] if box == TL else {"e": 0.0, "l": 0.5}[kind]
+    m, tr = run(script, depth=5, min_patch=300, bias=bias)
+    t = tr.per_target[0]
+    assert t["max_depth"] == 2 and tr.chosen_boxes == [first] and tr.search_fp == 10
+    w = 0.4 if bias is None else 0.25
+    assert all(abs(r["w"] - w) < 1e-9 for r in t["rois"] if r["depth"] == 1)
+    assert zoomeye_preset("llava-1.5").bias == 0.2 and zoomeye_preset("llava-onevision").bias == 0.6
+    assert zoomeye_preset("llava-onevision").weight(2, 2) == 1.0 and zoomeye_preset("llava-onevision").weight(0, 5) == 0.6
 
 
-def test_type2_collects_every_instance():
-    p1, p2 = (100, 100), (900, 700)
-
-    def script(kind, box):
-        hit = contains(box, p1) or contains(box, p2)
-        return {"e": 0.9 if hit else -0.9, "l": 0.5 if hit else -0.5, "a": 0.99}[kind]
-    m, tr = run(script, targets=["all cars"], depth=2, children=4)
-    # root expanded (4 x 2), the two quadrants with an instance expanded (2 x 4 x 2), no answering confidence
-    assert tr.qtype == 2 and tr.search_fp == 8 + 16 and m.calls["zoomeye_answering"] == 0
-    assert len(tr.chosen_boxes) == 2 and tr.final_mode == "canvas"
-    assert sorted(contains(b, p1) for b in tr.chosen_boxes) == [False, True]
-    assert any(contains(b, p2) for b in tr.chosen_boxes)
-
-
-def test_several_targets_search_each_and_max_pops_caps():
-    m, tr = run(lambda k, b: -0.9, targets=["car", "dog"], depth=1, children=4)
-    assert tr.search_fp == 2 * 13 and len(tr.per_target) == 2
-    m, tr = run(lambda k, b: -0.9, depth=5, children=4, max_pops=3)
-    assert m.calls["zoomeye_answering"] == 3 and tr.search_fp == 3 + 2 * 4 * 3
+# ---- the tree ----------------------------------------------------------------------------------
+def test_strips_grid_and_leaf_below_min_patch():
+    assert split((0, 0, 1000, 500), 4) == [(0, 0, 250, 500), (250, 0, 500, 500), (500, 0, 750, 500), (750, 0, 1000, 500)]
+    assert split((0, 0, 400, 800), 4) == [(0, 0, 400, 200), (0, 200, 400, 400), (0, 400, 400, 600), (0, 600, 400, 800)]
+    assert split((0, 0, 1001, 700), 4) == [(0, 0, 500, 350), (500, 0, 1001, 350), (0, 350, 500, 700), (500, 350, 1001, 700)]
+    assert split((0, 0, 10, 4), 2) == [(0, 0, 5, 4), (5, 0, 10, 4)] and split((0, 0, 1, 1), 4) == []
+    cfg = zoomeye_preset("llava-1.5")                      # leaf when the longer side < 336
+    assert tree_depth((0, 0, 672, 672), cfg, 5) == 2      # 672 -> 336 (not < 336: split) -> 168
+    assert tree_depth((0, 0, 670, 670), cfg, 5) == 1      # 670 -> 335 (< 336: leaf)
+    assert tree_depth((0, 0, 671, 671), cfg, 5) == 2      # 671 -> 335 + remainder 336: the last cell splits
+    assert tree_depth((0, 0, 2246, 1582), cfg, 5) == 3 and tree_depth((0, 0, 2246, 1582), cfg, 2) == 2
+    # a 1200x400 image (h/w = 1/3) is searched as four 300x400 strips
+    m, tr = run(lambda k, b, t: 0.9 if (k == "a" and b[0] == 600) or k != "a" and b[0] == 600 else -0.9,
+                image=coord_image(1200, 400), depth=1)
+    assert pops(m) == [(0, 0, 1200, 400), (600, 0, 900, 400)] and tr.chosen_boxes == [(600, 0, 900, 400)]
 
 
-def test_split_and_presets():
-    assert split((0, 0, 10, 4), 2) == [(0, 0, 5, 4), (5, 0, 10, 4)]
-    assert split((0, 0, 4, 10), 2) == [(0, 0, 4, 5), (0, 5, 4, 10)]
-    assert len(split((0, 0, 10, 10), 4)) == 4 and split((0, 0, 1, 1), 4) == []
-    assert zoomeye_preset("qwen2.5-vl").answer_threshold == 0.95 and zoomeye_preset("llava-1.5").answer_threshold == 0.6
+def test_views_are_grown_to_the_encoder_side():
+    # LLaVA-1.5 node (0,0,256,192) -> view (0,0,336,336) (centre (128,96), left/top clamped at 0);
+    # far edge (1792,832,2048,1024) of a 2048x1024 image -> (1752,760,2048,1024) (clipped, not shifted).
+    assert grow((0, 0, 256, 192), W, H, 336, None) == (0, 0, 336, 336)
+    assert grow((1792, 832, 2048, 1024), 2048, 1024, 336, None) == (1752, 760, 2048, 1024)
+    assert grow((0, 0, 512, 384), W, H, 384, 1.2) == (0, 0, 614, 460)   # OV: max(side, 384) * 1.2
+
+
+# ---- several targets -----------------------------------------------------------------------------
+def test_several_targets_no_root_answering_and_search_to_a_leaf():
+    # LLaVA, 2 targets: c_a is never asked at the root (it would say 0.9 and stop there) and a candidate ends
+    # the search only after a bottom node. Per target: pop root (no FP), score 4 quadrants (8), pop TL: c_a .9
+    # -> candidate, not yet at the bottom: expand TL (8); TL's first child (.6) beats TR (.4): c_a .9 ->
+    # candidate, it is at depth D = 2 -> stop. 18 FPs per target; the deeper candidate is chosen.
+    tltl = split(TL, 4)[0]
+    m, tr = run(quad_script(answer=lambda b: 0.9, deep=lambda b: 0.6 if b == tltl else 0.1),
+                targets=["car", "dog"], depth=2)
+    assert (("a", (0, 0, W, H)) not in m.log) and pops(m) == [TL, tltl, TL, tltl]
+    assert tr.search_fp == 2 * 18 and [t["num_pop"] for t in tr.per_target] == [3, 3]
+    assert [t["rois"][t["best"]]["box"] for t in tr.per_target] == [tltl, tltl]
+    assert tr.final_mode == "crop" and tr.chosen_boxes == [tltl]
+
+
+# ---- counting ----------------------------------------------------------------------------------
+def test_counting_post_order_existence_to_depth_two_with_root():
+    # "all cars": only c_e, every node down to depth 2 including the root, children before their parent.
+    # Instances at p1 (in TL's first child) and p2 (in BL's last child). c_e: depth 2 with an instance .9;
+    # TL .5, BL .95, root .7, the rest -.9. Kept (c_e >= max(.6, every c_e below)): TL.0 (.9), BL.3 (.9),
+    # BL (.95 >= .9); not TL (.5 < .9), not the root (.7 < .95). 21 FPs (old: 24, breadth-first, root unscored).
+    p1, p2 = (100, 100), (300, 700)
+    top = {TL: 0.5, BL: 0.95, (0, 0, W, H): 0.7}
+
+    def script(kind, box, text):
+        assert kind == "e"
+        if box in top or box in QUAD:
+            return top.get(box, -0.9)
+        return 0.9 if contains(box, p1) or contains(box, p2) else -0.9
+    m, tr = run(script, targets=["all cars"], depth=5)
+    order = [b for _, b in m.log]
+    expected = []
+    for q in (TL, TR, BL, BR):
+        expected += split(q, 4) + [q]
+    assert tr.qtype == 2 and order == expected + [(0, 0, W, H)] and tr.search_fp == 21
+    t = tr.per_target[0]
+    assert [t["rois"][i]["box"] for i in t["selected"]] == [split(TL, 4)[0], split(BL, 4)[3], BL]
+    # final input: the kept views merge (BL holds BL.3) -> TL.0 and BL, union (0,0,512,768) <= 1000 px: one crop
+    assert tr.final_mode == "crop" and tr.chosen_boxes == [(0, 0, 512, 768)]
+
+
+# ---- final input (single-image model) ------------------------------------------------------------
+def test_single_image_final_input_grown_crop_or_two_blocks():
+    img = coord_image(2048, 1024)
+    ze = ZoomEye(FakeMLLM(None), zoomeye_preset("llava-1.5"))
+    mode, ims, boxes = ze.compose(img, [Node((0, 0, 256, 192), 2)])
+    assert mode == "crop" and boxes == [(0, 0, 336, 336)] and decode(ims[0]) == (0, 0, 336, 336)
+    # two far views (union 2048 px > 1000): each resized to 336 on a 672x672 canvas, left one first, vertical
+    # offset (760+1024)//2 - 336//2 = 724 clipped to 336: left at (0, 0), right at (336, 336)
+    mode, ims, boxes = ze.compose(img, [Node((1792, 832, 2048, 1024), 2), Node((0, 0, 256, 192), 2)])
+    assert mode == "canvas" and ims[0].size == (672, 672) and boxes == [(1752, 760, 2048, 1024), (0, 0, 336, 336)]
+    assert position(ims[0], (0, 0)) == (0, 0)
+    x, y = position(ims[0], (336, 336))
+    assert abs(x - 1752) <= 2 and abs(y - 760) <= 2
+    # near views (within 50 px) merge into their union; the root alone is the whole image
+    assert ze.compose(img, [Node((0, 0, 256, 192), 2), Node((380, 0, 636, 192), 2)])[2] == [(0, 0, 676, 336)]
+    assert ze.compose(img, [Node((0, 0, 2048, 1024), 0)])[0] == "whole"
+
+
+# ---- multi-image models (OneVision): two-image views, whole-image filter ------------------------
+class FakeOV(FakeMLLM):
+    """Multi-image: two-image views are decoded at the centre of the enlarged view."""
+    family, multi_image = "llava-onevision", True
+
+    def yes_no_logits(self, images, text, purpose):
+        self.calls[purpose] += len(images)
+        rows = []
+        for im in images:
+            k = self.KINDS[purpose]
+            box = ("small",) if im.size == (384, 384) else decode(im)
+            self.log.append((k, box))
+            rows.append(logit_row(self.script(k, box, text)))
+        return torch.tensor(rows)
+
+    def yes_no_views(self, images, text, purpose):
+        self.calls[purpose] += 1
+        glob, zoomed = images
+        assert glob.size == (384, 384) and zoomed.getpixel((1, 1))[:3] == (255, 0, 0)   # outlined
+        k, p = self.KINDS[purpose], position(zoomed, (zoomed.width // 2, zoomed.height // 2))
+        self.log.append((k, p))
+        return torch.tensor([logit_row(self.script(k, p, text))])
+
+
+def run_ov(script, targets):
+    m = FakeOV(script)
+    tr = ZoomEye(m, zoomeye_preset("llava-onevision", depth=1)).answer(
+        coord_image(), "What is the color of the car?", targets=targets)
+    return m, tr
+
+
+def test_ov_skips_the_search_when_a_target_is_answerable_on_the_whole_image():
+    # filter: c_a of each target's own question on the shrunk whole image (2 FPs); "dog" .7 >= .6 -> no search
+    m, tr = run_ov(lambda k, b, t: 0.7 if "dog" in t else 0.1, ["car", "dog"])
+    assert [k for k, _ in m.log] == ["f", "f"] and all(b == ("small",) for _, b in m.log)
+    assert tr.search_fp == 2 and tr.final_mode == "whole" and m.final == [tr.final_images[0]]
+    assert tr.final_images[0].size == (W, H) and not tr.per_target
+
+
+def test_ov_several_targets_root_answering_and_two_image_views():
+    # OV preset, depth 1: D = 1 (quadrants 512x384 are not < 384, the depth limit ends the tree); views grown to
+    # 384 * 1.2. Filter passes (.1 < .6: 2 FPs). Per target (OV asks c_a at the root too): root c_a .9 ->
+    # candidate, not at the bottom: 4 quadrants scored on two-image views (8), TL (highest) c_a .9 -> candidate
+    # at D = 1 -> stop; deepest candidate TL. 2 + 2 x (1 + 8 + 1) = 22 FPs.
+    # Final: [global view, outlined grown TL (0,0,614,460) enlarged] with the two-image intro.
+    def script(kind, p, text):
+        if kind == "f":
+            return 0.1
+        if len(p) == 4:                       # the root: whole image
+            assert kind == "a" and p == (0, 0, W, H)
+            return 0.9
+        if kind == "a":
+            return 0.9 if contains(TL, p) else -0.9
+        return 0.8 if contains(TL, p) else 0.0
+    m, tr = run_ov(script, ["car", "dog"])
+    assert tr.search_fp == 22 and m.calls["zoomeye_filter"] == 2 and m.calls["zoomeye_answering"] == 4
+    assert [t["rois"][t["best"]]["box"] for t in tr.per_target] == [TL, TL]
+    assert tr.final_mode == "multi-image" and len(m.final) == 2 and m.final[0].size == (384, 384)
+    assert m.final_text.startswith(ZOOM_INTRO) and tr.chosen_boxes == [(0, 0, 614, 460)]
+
+
+def test_presets_follow_the_official_configs():
+    q = zoomeye_preset("qwen2.5-vl")
+    assert (q.answer_threshold, q.threshold_decrease, q.bias, q.min_patch, q.patch_scale) == (0.95, (0.05, 0.1, 0.2),
+                                                                                            0.6, 448, 1.2)
+    o = zoomeye_preset("llava-onevision")
+    assert (o.answer_threshold, o.bias, o.min_patch, o.patch_scale, o.type2_threshold) == (0.6, 0.6, 384, 1.2, 0.6)
     with pytest.raises(ValueError, match="children"):
         zoomeye_preset("llava-1.5", children=3)
     with pytest.raises(ValueError, match="unknown ZoomEye option"):
         zoomeye_preset("llava-1.5", high=True)
 
 
-def test_min_patch_stops_splitting():
-    m, tr = run(lambda k, b: -0.9, depth=5, children=4, min_patch=400)
-    # 1024x768 -> 512x384 quadrants (<= 400 after one split? long side 512 > 400 -> split once more -> 256x192)
-    assert m.calls["zoomeye_answering"] == 1 + 4 + 16 and tr.search_fp == 21 + 2 * 20
-
-
+# ---- real (tiny) adapters -------------------------------------------------------------------------
 def test_tiny_llava_end_to_end(tiny_llava):
     img = Image.new("RGB", (320, 240), (30, 90, 160))
     before = Counter(tiny_llava.calls)
@@ -173,9 +327,22 @@ def test_tiny_llava_end_to_end(tiny_llava):
         img, "What is the color of the car?\n(A) red\n(B) blue", targets=["car"])
     calls = Counter(tiny_llava.calls)
     calls.subtract(before)
-    assert tr.search_fp == calls["zoomeye_existence"] + calls["zoomeye_latent"] + calls["zoomeye_answering"] > 0
+    assert tr.search_fp == sum(calls[k] for k in FP_PURPOSES) > 0
     assert tr.search_fp <= expected_fp_full_tree(2, 2) and calls["answer"] == 1
     assert isinstance(tr.answer, str) and tr.final_images and tr.summary()["search_fp"] == tr.search_fp
+
+
+def test_tiny_onevision_two_image_views(tiny_ov):
+    # one target (no filter), a threshold no c_a reaches: the root's 4 children are scored on two-image views
+    img = Image.new("RGB", (800, 600), (30, 90, 160))
+    before = Counter(tiny_ov.calls)
+    ze = ZoomEye(tiny_ov, zoomeye_preset(tiny_ov.family, depth=1, answer_threshold=1.01))
+    tr = ze.answer(img, "What is the color of the car?", targets=["car"])
+    calls = Counter(tiny_ov.calls)
+    calls.subtract(before)
+    assert calls["zoomeye_existence"] == calls["zoomeye_latent"] == 4 and "zoomeye_filter" not in calls
+    assert tr.search_fp == sum(calls[k] for k in FP_PURPOSES) == 8 + calls["zoomeye_answering"]
+    assert isinstance(tr.answer, str) and calls["answer"] == 1
 
 
 def test_runner_and_cli_put_zoomeye_vicrop_and_focus_in_one_table(tiny_llava, tiny_llava_path, tmp_path, capsys):
@@ -186,8 +353,7 @@ def test_runner_and_cli_put_zoomeye_vicrop_and_focus_in_one_table(tiny_llava, ti
     assert "zoomeye+d1c2-min_patch0" in res["stem"]
     for r in res["records"]:
         assert r["error"] is None and r["search_fp"] == r["trace"]["search_fp"] > 0
-        assert r["search_fp"] == sum(r["model_calls"].get(k, 0) for k in
-                                     ("zoomeye_existence", "zoomeye_latent", "zoomeye_answering"))
+        assert r["search_fp"] == sum(r["model_calls"].get(k, 0) for k in FP_PURPOSES)
         assert r["time_s"] > 0 and r["flops"] > 0 and r["rois"]
     out = tmp_path / "cli"
     common = ["--model", str(tiny_llava_path), "--benchmark", "vstar", "--limit", "2", "--out", str(out), "--data",

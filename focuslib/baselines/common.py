@@ -36,6 +36,21 @@ def confidences(mllm, images: list[Image.Image], text: str, purpose: str) -> lis
     return [float(c) for c in yes_confidence(yes_no_logits(mllm, images, text, purpose)).tolist()]
 
 
+@torch.no_grad()
+def view_confidence(mllm, images: list[Image.Image], text: str, purpose: str) -> float:
+    """c of the yes/no question `text` about several images in ONE prompt (ZoomEye's two-image views of
+    multi-image models): one forward pass, counted as one. A scripted adapter's own `yes_no_views` is used."""
+    own = getattr(mllm, "yes_no_views", None)
+    if own is not None:
+        logits = own(images, text, purpose)
+    else:
+        inputs = mllm._to_device(mllm.build_inputs([list(images)], [mllm.prompt(text, len(images))]))
+        out = mllm._forward_batch(inputs, use_cache=False, logits_to_keep=1)
+        logits = out.logits[:, -1][:, [mllm.answer_token_id("Yes"), mllm.answer_token_id("No")]].float().cpu()
+        mllm.calls[purpose] += 1
+    return float(yes_confidence(logits)[0])
+
+
 @dataclass
 class BaselineTrace:
     """A baseline's answer, with the fields the runner reads from a FOCUS `Trace`.

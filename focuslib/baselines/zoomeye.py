@@ -1,73 +1,97 @@
-"""ZoomEye (Shen et al., EMNLP 2025) re-implemented from its paper's description on our adapters.
+"""ZoomEye (Shen et al., EMNLP 2025) on our adapters, step for step as its official code runs
+(om-ai-lab/ZoomEye; the lines we follow are cited in docs/decisions.md D22-ZE). Our code and prompts.
 
-The image is a tree: the root is the whole image, each node's children split it into 2 (along its longer
-side) or 4 (quadrants) equal sub-regions, down to `depth` levels or until a node is no larger than the
-vision encoder's base resolution (`min_patch`). Three yes/no confidences, each ONE forward pass reading
-the last-position Yes/No logits, c = 2 * (softmax([l_yes, l_no])_yes - 0.5):
+Tree (ZoomEye/tree.py): the root is the whole image; a node is split into a 2x2 grid, or into 1x4 /
+4x1 strips when h/w >= 2 / <= 0.5 (integer strides, the last cell takes the remainder), until its
+longer side is < `min_patch` (the encoder's input side). D = min(real tree depth, `depth`).
+Every confidence is ONE forward pass reading the last-position Yes/No logits,
+c = 2 * (softmax([l_yes, l_no])_yes - 0.5), of a view of one node:
 
-  existence  c_e  "Is there a {target} in the image?"         (on every node pushed to the queue)
-  latent     c_l  could the target turn up by zooming further  (on every node pushed to the queue)
-  answering  c_a  can the question be answered from this view  (on every node popped from the queue)
+  existence  c_e  is the target in the view
+  latent     c_l  could the target turn up by zooming further into the view
+  answering  c_a  can the question be answered from the view
 
-Type-1 search (per target, best-first): pop the node of highest priority, compute c_a; stop when
-c_a >= answer_threshold, else push its children with priority w(d) * c_e + (1 - w(d)) * c_l, where
-w(d) = d / (depth + 1) moves the weight from the latent to the existence confidence as the search
-goes deeper. Without a stop, the popped node of highest c_a wins. With one target c_a asks about the
-question; with several, each target's search stops on a per-target answerability prompt.
-Type-2 search ("all X": counting): breadth-first, no c_a; children with priority >= expand_threshold
-are expanded, the others (and the leaves) are kept when c_e >= type2_threshold.
-Final input (decisions.md D22): single-image models get the crop / union / canvas (FOCUS's A.5 rules);
-multi-image models the global view with the boxes outlined + the zoomed union view.
+View of a node: single-image models (LLaVA-1.5) see the node's patch (the box grown to at least
+`min_patch` per side around its centre, clipped to the image); multi-image models (OneVision, Qwen) see
+two images: the global view with the patch outlined in red, and the outlined patch enlarged. The root
+is the whole image.
 
-search_fp = every confidence computed (one per image), the paper's count (A.2); target extraction and
-the final answer are not search passes (D12). All prompts are ours.
+Type-1 (per target, best-first over a list re-sorted by priority after every pop): pop the head; unless
+it is the root of a several-target search on a single-image model, c_a; stop when c_a >= the answering
+threshold (with several targets: keep going until a bottom node was reached). Children are queued and
+get c_e and c_l when the queue is next sorted: priority = w c_e + (1 - w) c_l, w(d) = (1-b) d^2/D^2 + b.
+After 3*D pops (then every 2 more) the threshold falls by 0.1, 0.1, 0.2, 0.2, ... and the popped node of
+highest c_a at or above it is taken; below the lower bound (0) the search ends. The deepest candidate
+is the target's view. Type-2 ("all X"): post-order to depth 2, c_e on every node (root included); a
+node is kept when its c_e >= max(0.6, every c_e below it). Multi-image models first ask c_a on the
+whole image for each of several targets and skip the search when any target is answerable there.
+
+search_fp = every confidence computed, one forward each (the official code runs one per call); target
+extraction and the final answer are not search passes (D12).
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from .. import rois as R
-from ..images import FocusInputError, crop, load_image
+from ..images import FocusInputError, crop, load_image, pad_to_square
 from ..models.base import EXISTENCE_PROMPT, calls_since
-from ..search import _Clock, highlight
+from ..search import _Clock
 from ..targets import extract_targets, strip_options
-from .common import BaselineTrace, build_preset, confidences
+from .common import BaselineTrace, build_preset, confidences, view_confidence
 
+# ---- prompts (ours; the official code's roles, not its wording) ------------------------------
 LATENT_PROMPT = "If you zoomed further into this picture, could a {target} turn up somewhere in it? Answer yes or no."
 ANSWERING_PROMPT = ("{question}\nDoes this picture, as shown, hold enough detail to answer that question with "
                     "certainty? Answer yes or no.")
-TARGET_ANSWERING_PROMPT = ("Is the {target} shown large and sharp enough here to make out its details? "
-                           "Answer yes or no.")
+DECOMPOSED_QUESTION = "What does the {target} look like?"   # c_a's question for one of several targets
+ZOOM_INTRO = ("The first image is the whole picture with a region outlined in red; the second image shows "
+              "that region enlarged.\n")
+ZOOM_EXISTENCE_PROMPT = ZOOM_INTRO + "Is there a {target} in the enlarged region?"
+ZOOM_LATENT_PROMPT = (ZOOM_INTRO + "Given the enlarged region and where it lies in the whole picture, could a "
+                      "{target} turn up if you zoomed further into that region? Answer yes or no.")
+ZOOM_ANSWERING_PROMPT = (ZOOM_INTRO + "{question}\nDo these images hold enough detail to answer that question "
+                         "with certainty? Answer yes or no.")
+OUTLINE = (255, 0, 0)   # official: always red (its 'blue' switch assigns a local name, D22-ZE)
+
+FP_PURPOSES = ("zoomeye_existence", "zoomeye_latent", "zoomeye_answering", "zoomeye_filter")
 
 
 @dataclass(frozen=True)
 class ZoomEyeConfig:
-    depth: int = 5                  # max tree depth (root = 0); A.4 varies 1, 2, 5
-    children: int = 4               # sub-regions per node; A.4 varies 2, 4
-    answer_threshold: float = 0.6   # stop when c_a >= this
-    type2_threshold: float = 0.6    # type-2: keep a region when c_e >= this
-    expand_threshold: float = 0.0   # type-2: expand a region when its priority >= this
-    min_patch: int = 336            # a node whose longer side is <= this is a leaf (encoder base resolution)
-    max_pops: int | None = 100      # safety cap on nodes popped per target (decisions.md D22)
-    t_obj_dist: float = 1200.0      # single-image final input: canvas when boxes are farther apart
+    depth: int = 5                     # depth limit (official: 5; A.4 varies 1, 2, 5)
+    children: int = 4                  # 4: 2x2 / 1x4 / 4x1 (official); 2: halves (FOCUS A.4 variant, ours)
+    answer_threshold: float = 0.6      # answering threshold at the start
+    answer_threshold_lower: float = 0.0  # the search ends once the lowered threshold is below this
+    threshold_decrease: tuple[float, ...] = (0.1, 0.1, 0.2)  # successive drops; the last one repeats
+    pops_per_depth: int = 3            # the first drop after pops_per_depth * D pops
+    pop_interval: int = 2              # then one drop every pop_interval pops
+    bias: float = 0.2                  # b in w(d) = (1-b) d^2/D^2 + b
+    type2_threshold: float = 0.6       # type-2: keep a node when c_e >= this (and >= every c_e below it)
+    type2_depth: int = 2               # type-2: post-order down to this depth (capped by `depth`)
+    min_patch: int = 336               # encoder input side: leaf below it, views grown to it
+    patch_scale: float | None = None   # views grown by this factor (multi-image models 1.2)
+    side_threshold: int = 1000         # single-image final input: two blocks when the union is longer
+    merge_buffer: int = 50             # views closer than this (px) merge into their union
+    pad_global: bool = True            # multi-image global view: padded to square (OV) or not (Qwen)
     max_new_tokens: int = 16
 
-    def weight(self, depth: int) -> float:
-        """Weight of the existence confidence at `depth` (the latent one gets 1 - weight)."""
-        return depth / (self.depth + 1)
+    def weight(self, depth: int, max_depth: int) -> float:
+        """Weight of c_e at `depth` in a tree of depth `max_depth` (c_l gets 1 - weight)."""
+        if max_depth <= 0:
+            return self.bias
+        return (1.0 - self.bias) / max_depth ** 2 * depth ** 2 + self.bias
 
 
-# thresholds per model family (data). answer_threshold: LLaVA 0.6 and Qwen 0.95 as in ZoomEye's
-# configurations (notes/peers.md); OV: ours (same as LLaVA). min_patch: each encoder's base input side.
+# per family (data): ZoomEye/eval/perform_zoom_eye.py's settings for its LLaVA-1.5 (local), LLaVA-OV
+# (global-local) and Qwen2.5-VL models; min_patch = each encoder's input side (Qwen: 448, as hard-coded there).
 ZOOMEYE_PRESETS: dict[str, dict] = {
-    "llava-1.5": dict(answer_threshold=0.6, type2_threshold=0.6, min_patch=336, t_obj_dist=1200.0),
-    "llava-onevision": dict(answer_threshold=0.6, type2_threshold=0.6, min_patch=384, t_obj_dist=float("inf")),
-    "qwen2.5-vl": dict(answer_threshold=0.95, type2_threshold=0.6, min_patch=448, t_obj_dist=float("inf")),
+    "llava-1.5": dict(answer_threshold=0.6, bias=0.2, min_patch=336, patch_scale=None),
+    "llava-onevision": dict(answer_threshold=0.6, bias=0.6, min_patch=384, patch_scale=1.2),
+    "qwen2.5-vl": dict(answer_threshold=0.95, threshold_decrease=(0.05, 0.1, 0.2), bias=0.6, min_patch=448,
+                       patch_scale=1.2, pad_global=False),
 }
 
 
@@ -77,32 +101,131 @@ def zoomeye_preset(family: str, **overrides) -> ZoomEyeConfig:
         raise ValueError(f"children must be 2 or 4, not {cfg.children}")
     if cfg.depth < 1:
         raise ValueError(f"depth must be >= 1, not {cfg.depth}")
+    if not cfg.threshold_decrease or min(cfg.threshold_decrease) <= 0:
+        raise ValueError("threshold_decrease must be positive drops")
     return cfg
+
+
+# ---- the tree ---------------------------------------------------------------------------------
+Box = tuple[int, int, int, int]
+
+
+def grid(box: Box, children: int) -> tuple[int, int]:
+    """(columns, rows) a node is split into: 4 -> 2x2, or 1x4 / 4x1 strips for h/w >= 2 / <= 0.5;
+    2 -> halves along the longer side."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    if children == 2:
+        return (2, 1) if w >= h else (1, 2)
+    r = h / w
+    return (1, 4) if r >= 2 else (4, 1) if r <= 0.5 else (2, 2)
+
+
+def split(box: Box, children: int) -> list[Box]:
+    """Children of `box`, row by row; integer strides, the last column / row takes the remainder.
+    [] when a stride would be 0."""
+    x0, y0, x1, y1 = box
+    nx, ny = grid(box, children)
+    sx, sy = (x1 - x0) // nx, (y1 - y0) // ny
+    if sx == 0 or sy == 0:
+        return []
+    xs = [x0 + i * sx for i in range(nx)] + [x1]
+    ys = [y0 + j * sy for j in range(ny)] + [y1]
+    return [(xs[i], ys[j], xs[i + 1], ys[j + 1]) for j in range(ny) for i in range(nx)]
+
+
+def children_of(box: Box, cfg: ZoomEyeConfig) -> list[Box]:
+    """The real tree's children: none once the longer side is < min_patch."""
+    if max(box[2] - box[0], box[3] - box[1]) < cfg.min_patch:
+        return []
+    return split(box, cfg.children)
+
+
+def tree_depth(box: Box, cfg: ZoomEyeConfig, limit: int) -> int:
+    """min(depth of the real tree under `box`, limit)."""
+    if limit <= 0:
+        return 0
+    kids = children_of(box, cfg)
+    return 1 + max(tree_depth(k, cfg, limit - 1) for k in kids) if kids else 0
+
+
+def grow(box: Box, width: int, height: int, side: int, scale: float | None) -> Box:
+    """A node's view: at least `side` per side (times `scale`) around the box centre; left/top clamped
+    at 0, right/bottom clipped to the image (so it can shrink at the far edges)."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    cx, cy = int(x0 + w / 2), int(y0 + h / 2)
+    pw, ph = max(w, side), max(h, side)
+    if scale is not None:
+        pw, ph = int(pw * scale), int(ph * scale)
+    left, top = max(0, cx - pw // 2), max(0, cy - ph // 2)
+    return (left, top, min(left + pw, width), min(top + ph, height))
+
+
+def _near(a: Box, b: Box, buffer: int) -> bool:
+    """Do a and b overlap once both are grown by `buffer` on every side."""
+    return (min(a[2], b[2]) + buffer > max(a[0], b[0]) - buffer
+            and min(a[3], b[3]) + buffer > max(a[1], b[1]) - buffer)
+
+
+def merge_near(boxes: list[Box], buffer: int) -> list[Box]:
+    """Repeatedly replace the first pair of near boxes (in list order) by their union."""
+    boxes = [tuple(b) for b in boxes]
+    changed = True
+    while changed:
+        changed, out, used = False, [], set()
+        for i, a in enumerate(boxes):
+            if i in used:
+                continue
+            for j, b in enumerate(boxes):
+                if j != i and j not in used and _near(a, b, buffer):
+                    out.append(union(a, b))
+                    used.update((i, j))
+                    changed = True
+                    break
+            else:
+                out.append(a)
+        boxes = out
+    return boxes
+
+
+def union(*boxes: Box) -> Box:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def two_blocks(image: Image.Image, a: Box, b: Box, side: int, fill) -> Image.Image:
+    """Two far-apart views on one 2side x 2side canvas: left-most first, each resized to side x side,
+    placed side by side with half their vertical centre offset (clipped to +-side) kept."""
+    if a[0] > b[0]:
+        a, b = b, a
+    off = max(-side, min(side, (b[3] + b[1]) // 2 - (a[3] + a[1]) // 2))
+    canvas = Image.new("RGB", (2 * side, 2 * side), fill)
+    canvas.paste(crop(image, a).resize((side, side)), (0, side // 2 - off // 2))
+    canvas.paste(crop(image, b).resize((side, side)), (side, side // 2 + off // 2))
+    return canvas
 
 
 @dataclass
 class Node:
-    box: tuple[int, int, int, int]
+    box: Box
     depth: int
+    parent: int | None = None
     c_e: float | None = None
     c_l: float | None = None
     c_a: float | None = None
+    w: float | None = None
     priority: float | None = None
-    parent: int | None = None
+    children: list[int] = field(default_factory=list)
 
 
-def split(box, children: int) -> list[tuple[int, int, int, int]]:
-    """2 halves along the longer side, or 4 quadrants; [] when the box is too small to split."""
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    xm, ym = x0 + w // 2, y0 + h // 2
-    if children == 2:
-        if w >= h:
-            return [(x0, y0, xm, y1), (xm, y0, x1, y1)] if w >= 2 else []
-        return [(x0, y0, x1, ym), (x0, ym, x1, y1)] if h >= 2 else []
-    if w < 2 or h < 2:
-        return []
-    return [(x0, y0, xm, ym), (xm, y0, x1, ym), (x0, ym, xm, y1), (xm, ym, x1, y1)]
+@dataclass
+class Type1Result:
+    nodes: list[Node]
+    popped: list[int]            # pop order (indices into nodes)
+    chosen: int | None           # the deepest candidate, None when nothing qualified
+    candidates: list[int]
+    max_depth: int               # D
+    thresholds: list[tuple[int, float]] = field(default_factory=list)  # (pop count, lowered threshold)
+    stopped: bool = False        # a node reached the answering threshold in force
 
 
 class ZoomEye:
@@ -114,82 +237,175 @@ class ZoomEye:
         self.mllm = mllm
         self.config = config or zoomeye_preset(getattr(mllm, "family", ""))
 
-    def expandable(self, node: Node) -> bool:
-        x0, y0, x1, y1 = node.box
-        return (node.depth < self.config.depth and max(x1 - x0, y1 - y0) > self.config.min_patch
-                and bool(split(node.box, self.config.children)))
+    @property
+    def multi(self) -> bool:
+        return bool(getattr(self.mllm, "multi_image", False))
 
-    def _push_children(self, image, nodes: list[Node], parent: int, target: str) -> list[int]:
-        """Create the children of nodes[parent] and score them: c_e and c_l (2 FPs per child)."""
-        cfg, p = self.config, nodes[parent]
-        boxes = split(p.box, cfg.children)
-        crops = [crop(image, b) for b in boxes]
-        ce = confidences(self.mllm, crops, EXISTENCE_PROMPT.format(target=target), "zoomeye_existence")
-        cl = confidences(self.mllm, crops, LATENT_PROMPT.format(target=target), "zoomeye_latent")
-        w = cfg.weight(p.depth + 1)
-        out = []
-        for b, e, l in zip(boxes, ce, cl):
-            nodes.append(Node(box=b, depth=p.depth + 1, c_e=e, c_l=l, priority=w * e + (1 - w) * l, parent=parent))
-            out.append(len(nodes) - 1)
-        return out
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        return tuple(getattr(self.mllm, "fill", None) or (127, 127, 127))
 
-    def search_type1(self, image, target: str, stop_text: str) -> tuple[list[Node], list[int], int, bool]:
-        """Best-first search. Returns (nodes, popped indices, chosen index, stopped by c_a)."""
+    # ---- views and confidences ----------------------------------------------------------
+    def zoom_pair(self, image: Image.Image, boxes: list[Box]) -> list[Image.Image]:
+        """Multi-image view of `boxes` (already grown): [global view with each box outlined, the outlined
+        union enlarged]. Outline width = square side // 120, drawn just outside each box."""
+        square, (ox, oy) = pad_to_square(image, self.fill)
+        square = square.copy()
+        t = square.width // 120
+        draw, drawn = ImageDraw.Draw(square), []
+        for b in boxes:
+            x0, y0 = max(0, b[0] + ox - t), max(0, b[1] + oy - t)
+            x1, y1 = min(square.width, b[2] + ox + t), min(square.height, b[3] + oy + t)
+            draw.rectangle((x0, y0, x1, y1), outline=OUTLINE, width=t)
+            drawn.append((x0, y0, x1, y1))
+        zoomed = square.crop(union(*drawn))
+        side = self.config.min_patch
+        if self.config.pad_global:
+            return [square.resize((side, side)), zoomed]
+        return [_long_side(square.crop((ox, oy, ox + image.width, oy + image.height)), side), zoomed]
+
+    def root_view(self, image: Image.Image, small: bool = False) -> Image.Image:
+        """The whole image; `small` (multi-image models' filter pass): shrunk to the encoder's input."""
+        if not small:
+            return image
+        side = self.config.min_patch
+        if self.config.pad_global:
+            return pad_to_square(image, self.fill)[0].resize((side, side))
+        return _long_side(image, side)
+
+    def view(self, image: Image.Image, node: Node) -> list[Image.Image]:
+        if node.depth == 0:
+            return [self.root_view(image)]
         cfg = self.config
-        nodes = [Node(box=(0, 0, image.width, image.height), depth=0)]
-        tie = itertools.count()
-        heap = [(float("-inf"), next(tie), 0)]
-        popped: list[int] = []
-        while heap and (cfg.max_pops is None or len(popped) < cfg.max_pops):
-            _, _, i = heapq.heappop(heap)
-            node = nodes[i]
-            node.c_a = confidences(self.mllm, [crop(image, node.box)], stop_text, "zoomeye_answering")[0]
-            popped.append(i)
-            if node.c_a >= cfg.answer_threshold:
-                return nodes, popped, i, True
-            if self.expandable(node):
-                for j in self._push_children(image, nodes, i, target):
-                    heapq.heappush(heap, (-nodes[j].priority, next(tie), j))
-        best = max(popped, key=lambda i: (nodes[i].c_a, -popped.index(i)))
-        return nodes, popped, best, False
+        patch = grow(node.box, image.width, image.height, cfg.min_patch, cfg.patch_scale)
+        return self.zoom_pair(image, [patch]) if self.multi else [crop(image, patch)]
 
-    def search_type2(self, image, target: str) -> tuple[list[Node], list[int], list[int]]:
-        """Breadth-first search collecting every region that holds the target. Returns (nodes, expanded, kept)."""
+    def score(self, image: Image.Image, nodes: list[Node], kind: str, text: dict[str, str]) -> list[float]:
+        """One confidence per node (one forward each); `text` holds the single- and two-image prompts.
+        Single views go in one batch (still one FP per image), two-image views one call each."""
+        purpose = f"zoomeye_{kind}"
+        views = [self.view(image, n) for n in nodes]
+        if all(len(v) == 1 for v in views):
+            return confidences(self.mllm, [v[0] for v in views], text["one"], purpose)
+        return [view_confidence(self.mllm, v, text["one" if len(v) == 1 else "two"], purpose) for v in views]
+
+    def _prioritise(self, image, nodes: list[Node], todo: list[int], target: str, max_depth: int) -> None:
+        """c_e then c_l of each queued node not scored yet, and its priority."""
+        if not todo:
+            return
+        group = [nodes[i] for i in todo]
+        ce = self.score(image, group, "existence", dict(one=EXISTENCE_PROMPT.format(target=target),
+                                                        two=ZOOM_EXISTENCE_PROMPT.format(target=target)))
+        cl = self.score(image, group, "latent", dict(one=LATENT_PROMPT.format(target=target),
+                                                     two=ZOOM_LATENT_PROMPT.format(target=target)))
+        for n, e, l in zip(group, ce, cl):
+            n.c_e, n.c_l, n.w = e, l, self.config.weight(n.depth, max_depth)
+            n.priority = n.w * e + (1 - n.w) * l
+
+    def _answering(self, image, node: Node, question: str) -> float:
+        text = dict(one=ANSWERING_PROMPT.format(question=question),
+                    two=ZOOM_ANSWERING_PROMPT.format(question=question))
+        return self.score(image, [node], "answering", text)[0]
+
+    def _expand(self, nodes: list[Node], i: int) -> list[int]:
+        for b in children_of(nodes[i].box, self.config):
+            nodes.append(Node(box=b, depth=nodes[i].depth + 1, parent=i))
+            nodes[i].children.append(len(nodes) - 1)
+        return nodes[i].children
+
+    # ---- type-1: best-first with the lowering threshold ----------------------------------
+    def search_type1(self, image, target: str, question: str, skip_root: bool = False,
+                     to_bottom: bool = False) -> Type1Result:
+        """skip_root: no c_a at the root; to_bottom: a candidate ends the search only once a bottom node
+        (leaf or depth D) has been popped (several targets)."""
         cfg = self.config
-        nodes = [Node(box=(0, 0, image.width, image.height), depth=0)]
-        queue, expanded, kept = [0], [], []
-        while queue and (cfg.max_pops is None or len(expanded) < cfg.max_pops):
+        root: Box = (0, 0, image.width, image.height)
+        D = tree_depth(root, cfg, cfg.depth)
+        nodes = [Node(box=root, depth=0, c_a=-1.0)]
+        queue, popped, cands, res = [0], [], [], Type1Result(nodes, [], None, [], D)
+        threshold, drops, limit = cfg.answer_threshold, list(cfg.threshold_decrease), cfg.pops_per_depth * D
+        bottom = False
+        while queue:
             i = queue.pop(0)
-            if not self.expandable(nodes[i]):
-                continue
-            expanded.append(i)
-            for j in self._push_children(image, nodes, i, target):
-                n = nodes[j]
-                if self.expandable(n) and n.priority >= cfg.expand_threshold:
-                    queue.append(j)
-                elif n.c_e >= cfg.type2_threshold:
-                    kept.append(j)
-        return nodes, expanded, kept
+            node = nodes[i]
+            popped.append(i)
+            hit = False
+            if not (skip_root and node.depth == 0):
+                node.c_a = self._answering(image, node, question)
+                hit = node.c_a >= threshold
+            if hit:
+                cands.append(i)
+                res.stopped = True
+                if not to_bottom or bottom:
+                    break
+            elif len(popped) >= limit:
+                threshold -= drops[0]          # same float steps as the official code
+                if len(drops) > 1:
+                    drops.pop(0)
+                limit += cfg.pop_interval
+                res.thresholds.append((len(popped), threshold))
+                _take_best(nodes, popped, cands, threshold)
+                if cands or threshold < cfg.answer_threshold_lower:
+                    break
+            kids = self._expand(nodes, i) if node.depth < D else []
+            if not kids:
+                bottom = True
+                if to_bottom and cands:
+                    break
+            queue += kids
+            self._prioritise(image, nodes, [j for j in queue if nodes[j].priority is None], target, D)
+            queue.sort(key=lambda j: nodes[j].priority, reverse=True)   # stable: ties keep queue order
+        res.popped, res.candidates = popped, list(cands)
+        if cands:
+            res.chosen = sorted(cands, key=lambda j: nodes[j].depth, reverse=True)[0]
+        return res
+
+    # ---- type-2: post-order existence ------------------------------------------------------
+    def search_type2(self, image, target: str) -> tuple[list[Node], list[int], list[int]]:
+        """Returns (nodes, scoring order, kept)."""
+        cfg = self.config
+        limit = min(cfg.type2_depth, cfg.depth)
+        nodes = [Node(box=(0, 0, image.width, image.height), depth=0)]
+        order, kept = [], []
+        prompt = dict(one=EXISTENCE_PROMPT.format(target=target), two=ZOOM_EXISTENCE_PROMPT.format(target=target))
+
+        def visit(i: int) -> float:
+            best = -1.0
+            if nodes[i].depth < limit:
+                for j in list(self._expand(nodes, i)):
+                    best = max(best, visit(j))
+            nodes[i].c_e = self.score(image, [nodes[i]], "existence", prompt)[0]
+            order.append(i)
+            if nodes[i].c_e >= max(best, cfg.type2_threshold):
+                kept.append(i)
+            return max(best, nodes[i].c_e)
+
+        visit(0)
+        return nodes, order, kept
+
+    # ---- the few-target filter of multi-image models ----------------------------------------
+    def answerable_on_whole(self, image, targets: list[str]) -> list[float]:
+        """c_a of each target's question on the shrunk whole image (one FP each); only with >= 2 targets."""
+        if len(targets) < 2:
+            return []
+        view = self.root_view(image, small=True)
+        return [confidences(self.mllm, [view], ANSWERING_PROMPT.format(question=DECOMPOSED_QUESTION.format(
+            target=t)), "zoomeye_filter")[0] for t in targets]
 
     # ---- final input ---------------------------------------------------------------------
-    def compose(self, image: Image.Image, boxes: list, qtype: int):
+    def compose(self, image: Image.Image, nodes: list[Node]):
+        """(mode, images, boxes) from the searched nodes, as the official final input."""
         cfg = self.config
-        full = (0, 0, image.width, image.height)
-        boxes = [tuple(b) for b in boxes]
-        if qtype == 2:
-            boxes = R.merge_overlapping(boxes)
-        if not boxes or all(b == full for b in boxes):
+        if not nodes or any(n.depth == 0 for n in nodes) and (self.multi or len(nodes) == 1):
             return "whole", [image], []
-        if self.mllm.multi_image:
-            return "multi-image", [highlight(image, boxes), crop(image, R.union_box(boxes))], boxes
-        if len(boxes) == 1:
-            return "crop", [crop(image, boxes[0])], boxes
-        far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(boxes, 2))
-        if qtype == 2 or far:
-            canvas, _ = R.compose_canvas(image, boxes)
-            return "canvas", [canvas], boxes
-        u = R.union_box(boxes)
-        return "union", [crop(image, u)], [u]
+        W, H = image.size
+        boxes = merge_near([grow(n.box, W, H, cfg.min_patch, cfg.patch_scale) for n in nodes], cfg.merge_buffer)
+        if self.multi:
+            return "multi-image", self.zoom_pair(image, boxes), boxes
+        u = union(*boxes)
+        if max(u[2] - u[0], u[3] - u[1]) > cfg.side_threshold and len(boxes) == 2:
+            return "canvas", [two_blocks(image, boxes[0], boxes[1], cfg.min_patch, self.fill)], boxes
+        return "crop", [crop(image, u)], [u]
 
     # ---- all together --------------------------------------------------------------------
     def answer(self, image, question: str, targets: list[str] | None = None,
@@ -201,7 +417,8 @@ class ZoomEye:
         before = Counter(m.calls)
         clock = _Clock(getattr(m, "device", "cpu"))
         notes: list[str] = []
-        per_target, boxes = [], []
+        per_target, found = [], []
+        extra: dict = {"config": asdict(cfg)}
         fp_before = _fp(m.calls)
         with clock("total"):
             with clock("targets"):
@@ -210,47 +427,65 @@ class ZoomEye:
             if spec.note:
                 notes.append(spec.note)
             bare = strip_options(question) or question
+            todo = list(spec.targets)
             with clock("search"):
-                for target in spec.targets:
+                if self.multi and spec.qtype == 1:
+                    conf = self.answerable_on_whole(image, todo)
+                    extra["whole_image_c_a"] = conf
+                    if any(c >= cfg.answer_threshold for c in conf):
+                        notes.append("a target is answerable on the whole image: no search")
+                        todo = []
+                one = len(todo) == 1 and spec.qtype == 1
+                for target in todo:
                     if spec.qtype == 2:
-                        nodes, expanded, kept = self.search_type2(image, target)
-                        chosen = kept
-                        if not kept:
-                            scored = [i for i, n in enumerate(nodes) if n.c_e is not None]
-                            if scored:
-                                chosen = [max(scored, key=lambda i: nodes[i].c_e)]
-                                notes.append(f"type-2: no region of {target!r} above type2_threshold; "
-                                             "using the one of highest existence confidence")
-                        examined, stopped = expanded, None
+                        nodes, order, kept = self.search_type2(image, target)
+                        found += [nodes[i] for i in kept]
+                        per_target.append({"target": target, "rois": [asdict(n) for n in nodes],
+                                           "verified": [i for i in order if i != 0] or list(kept),
+                                           "best": kept[0] if kept else None, "selected": list(kept),
+                                           "stopped": None})
+                        continue
+                    q = bare if one else DECOMPOSED_QUESTION.format(target=target)
+                    r = self.search_type1(image, target, q, skip_root=not one and not self.multi, to_bottom=not one)
+                    if r.chosen is None:
+                        notes.append(f"{target!r}: no view reached the answering threshold: not in the final input")
                     else:
-                        stop = (ANSWERING_PROMPT.format(question=bare) if len(spec.targets) == 1
-                                else TARGET_ANSWERING_PROMPT.format(target=target))
-                        nodes, examined, best, stopped = self.search_type1(image, target, stop)
-                        chosen = [best]
-                        if not stopped:
-                            notes.append(f"{target!r}: no view reached answer_threshold="
-                                         f"{cfg.answer_threshold}; using the one of highest c_a")
-                    boxes += [nodes[i].box for i in chosen]
-                    per_target.append({
-                        "target": target, "rois": [asdict(n) for n in nodes],
-                        "verified": [i for i in examined if i != 0] or list(chosen),
-                        "best": chosen[0] if chosen else None, "selected": list(chosen),
-                        "stopped": stopped})
+                        found.append(r.nodes[r.chosen])
+                    per_target.append({"target": target, "rois": [asdict(n) for n in r.nodes],
+                                       "verified": [i for i in r.popped if i != 0] or [0],
+                                       "best": r.chosen, "selected": [] if r.chosen is None else [r.chosen],
+                                       "stopped": r.stopped, "popped": r.popped, "num_pop": len(r.popped),
+                                       "max_depth": r.max_depth, "thresholds": r.thresholds})
             if not spec.targets:
                 notes.append("no target could be extracted from the question: answering on the whole image")
-            mode, images, final_boxes = self.compose(image, boxes, spec.qtype)
+            mode, images, final_boxes = self.compose(image, found)
+            prompt = answer_prompt or question
             with clock("answer"):
-                ans = m.generate(images, answer_prompt or question, max_new_tokens=cfg.max_new_tokens)
+                ans = m.generate(images, ZOOM_INTRO + prompt if len(images) == 2 else prompt,
+                                 max_new_tokens=cfg.max_new_tokens)
         fp = _fp(m.calls) - fp_before
         return BaselineTrace(method=self.method, question=question, targets=spec.targets, qtype=spec.qtype,
                              target_source=spec.source, per_target=per_target,
                              chosen_boxes=[tuple(b) for b in final_boxes], final_mode=mode,
-                             final_size=images[0].size, answer=ans, search_fp=fp,
+                             final_size=images[-1].size, answer=ans, search_fp=fp,
                              model_calls=calls_since(m, before), timings=dict(clock.t), notes=notes,
-                             extra={"config": asdict(cfg)}, final_images=images)
+                             extra=extra, final_images=images)
 
 
-FP_PURPOSES = ("zoomeye_existence", "zoomeye_latent", "zoomeye_answering")
+def _take_best(nodes: list[Node], popped: list[int], cands: list[int], threshold: float) -> None:
+    """Add every popped node with c_a >= threshold to `cands`, then keep only the one of highest c_a."""
+    for i in popped:
+        if nodes[i].c_a is not None and nodes[i].c_a >= threshold and i not in cands:
+            cands.append(i)
+    if len(cands) > 1:
+        cands.sort(key=lambda i: nodes[i].c_a, reverse=True)
+        del cands[1:]
+
+
+def _long_side(image: Image.Image, side: int) -> Image.Image:
+    """Resized so the longer side is `side`, aspect kept."""
+    w, h = image.size
+    return image.resize((side, int(h * side / w)) if w > h else (int(w * side / h), side))
 
 
 def _fp(calls) -> int:
@@ -258,11 +493,12 @@ def _fp(calls) -> int:
 
 
 def expected_fp_full_tree(depth: int, children: int) -> int:
-    """Search FPs of one type-1 target when nothing stops the search and no size limit applies:
-    every node popped (1 FP each) and every non-root node scored (2 FPs each)."""
+    """Search FPs of one single-target type-1 search that pops every node of a full tree (no stop, no
+    size limit, a schedule that never ends it early): one c_a per node, c_e + c_l per non-root node."""
     n = sum(children ** d for d in range(depth + 1))
     return n + 2 * (n - 1)
 
 
-__all__ = ["ZoomEye", "ZoomEyeConfig", "ZOOMEYE_PRESETS", "zoomeye_preset", "split", "expected_fp_full_tree",
-           "LATENT_PROMPT", "ANSWERING_PROMPT", "TARGET_ANSWERING_PROMPT"]
+__all__ = ["ZoomEye", "ZoomEyeConfig", "ZOOMEYE_PRESETS", "zoomeye_preset", "split", "grid", "grow", "merge_near",
+           "tree_depth", "expected_fp_full_tree", "LATENT_PROMPT", "ANSWERING_PROMPT", "DECOMPOSED_QUESTION",
+           "ZOOM_INTRO", "FP_PURPOSES"]
