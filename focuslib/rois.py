@@ -3,7 +3,7 @@
 Pipeline on an object relevance map ``A`` (float Tensor ``[h, w]``):
 
     anchors  = top_k_anchors(A, k, s_dist)           # spaced-out peaks
-    rois     = [grow_roi(A, a, s_min, s_max, t) ...]  # symmetric, grown while dense
+    rois     = [grow_roi(A, a, s_min, s_max, t) ...]  # symmetric, grown while denser than t x mean(A)
     ranked   = sort by A[anchor], then nms(...)       # diverse, ranked proposals
 
 plus the geometry needed to move between the map's grid and the original image
@@ -20,9 +20,10 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from PIL import Image, ImageStat
@@ -30,6 +31,8 @@ from PIL import Image, ImageStat
 GridBox = tuple[int, int, int, int]
 PixelBox = tuple[int, int, int, int]
 Cell = tuple[int, int]
+GrowthRule = Literal["map-mean", "anchor"]
+GROWTH_RULES: tuple[str, ...] = ("map-mean", "anchor")
 
 # Resampling filter used when compose_canvas downscales crops (anti-aliased).
 CANVAS_RESAMPLE = Image.Resampling.LANCZOS
@@ -51,6 +54,9 @@ __all__ = [
     "box_center",
     "box_distance",
     "merge_overlapping",
+    "enlarge_box",
+    "merge_near",
+    "GROWTH_RULES",
     "compose_canvas",
 ]
 
@@ -149,17 +155,27 @@ def grow_roi(
     s_min: int,
     s_max: int,
     t_expand: float,
+    rule: GrowthRule = "map-mean",
+    valid: torch.Tensor | None = None,
 ) -> GridBox:
-    """Grow a symmetric ROI around ``anchor`` while it stays dense.
+    """Grow a symmetric ROI around ``anchor`` while it stays dense (decisions.md D4).
 
     Starts from ``symmetric_roi(anchor, s_min)`` (always accepted) and tries
-    sizes ``s_min + 2, s_min + 4, ... <= s_max`` (one cell per side). A grown
-    box is accepted iff ``mean(rel_map[box]) >= t_expand * rel_map[anchor]``;
-    growth stops at the first refusal.
+    sizes ``s_min + 2, s_min + 4, ... <= s_max`` (one cell per side); growth
+    stops at the first refusal. A grown box is accepted iff
+
+    - ``rule="map-mean"`` (default, the paper's Tab. 12 behaviour):
+      ``mean(rel_map[box cells that are valid]) >= t_expand * mean(rel_map[valid])``,
+      i.e. the threshold is on the map rescaled to mean 1 ("denser than
+      ``t_expand`` x uniform"), so around any real peak growth runs to s_max
+      and t_expand only decides for boxes in the background;
+    - ``rule="anchor"`` (the earlier reading, kept for the sensitivity study):
+      ``mean(rel_map[box]) >= t_expand * rel_map[anchor]`` over all box cells.
 
     Args:
         rel_map: float ``[h, w]``.
         anchor: (row, col) inside the map.
+        valid: optional bool ``[h, w]`` (False = padding); used by "map-mean" only.
 
     Returns:
         The last accepted GridBox.
@@ -167,17 +183,31 @@ def grow_roi(
     _check_map(rel_map)
     if s_min > s_max:
         raise ValueError(f"s_min ({s_min}) must be <= s_max ({s_max})")
+    if rule not in GROWTH_RULES:
+        raise ValueError(f"unknown growth rule {rule!r}; known: {GROWTH_RULES}")
     h, w = rel_map.shape
     box = symmetric_roi(anchor, s_min, h, w)
     m = rel_map.detach().double()  # float64 so "== threshold" is not lost to rounding
-    thresh = t_expand * float(m[anchor[0], anchor[1]])
+    if rule == "anchor":
+        ok = torch.ones_like(m, dtype=torch.bool)
+        thresh = t_expand * float(m[anchor[0], anchor[1]])
+    else:
+        ok = torch.ones_like(m, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+        if tuple(ok.shape) != (h, w):
+            raise ValueError(f"valid has shape {tuple(ok.shape)}, expected {(h, w)}")
+        thresh = t_expand * float(m[ok].mean()) if bool(ok.any()) else 0.0
+
+    def box_mean(b: GridBox) -> float:
+        r0, c0, r1, c1 = b
+        cells = ok[r0:r1, c0:c1]
+        return float(m[r0:r1, c0:c1][cells].mean()) if bool(cells.any()) else 0.0
+
     size = s_min + 2
     while size <= s_max:
         grown = symmetric_roi(anchor, size, h, w)
         if grown == box:  # clamped to the full map on both axes: nothing left to grow
             break
-        r0, c0, r1, c1 = grown
-        if float(m[r0:r1, c0:c1].mean()) < thresh:
+        if box_mean(grown) < thresh:
             break
         box = grown
         size += 2
@@ -249,20 +279,23 @@ def propose_rois(
     t_expand: float,
     nms_threshold: float,
     valid: torch.Tensor | None = None,
+    growth_rule: GrowthRule = "map-mean",
 ) -> list[Roi]:
     """Full ROI proposal: anchors -> grow -> rank by anchor relevance -> NMS.
 
     Args:
         rel_map: float ``[h, w]``.
         valid: optional bool ``[h, w]`` restricting where anchors may lie
-            (e.g. to exclude padding cells).
+            (e.g. to exclude padding cells); also the cells growth averages over.
+        growth_rule: "map-mean" (default) or "anchor", see ``grow_roi``.
 
     Returns:
         Surviving ROIs, ranked by descending anchor relevance.
     """
     anchors = top_k_anchors(rel_map, k, s_dist, valid)
     rois = [
-        Roi(grid=grow_roi(rel_map, a, s_min, s_max, t_expand), anchor=a, score=float(rel_map[a[0], a[1]]))
+        Roi(grid=grow_roi(rel_map, a, s_min, s_max, t_expand, growth_rule, valid),
+            anchor=a, score=float(rel_map[a[0], a[1]]))
         for a in anchors
     ]
     # nms visits (and returns) boxes by descending score -> this is the ranking step
@@ -362,6 +395,54 @@ def box_distance(a: Sequence[float], b: Sequence[float]) -> float:
     """Euclidean distance between box centres (compared against t_obj_dist in A.5)."""
     (ax, ay), (bx, by) = box_center(a), box_center(b)
     return math.hypot(ax - bx, ay - by)
+
+
+def enlarge_box(box: Sequence[int], min_side: int, width: int, height: int) -> PixelBox:
+    """Grow ``box`` around its centre so each side is at least ``min_side`` px (ZoomEye's ``get_patch``).
+
+    Single-image models see every final crop resized to their encoder's base resolution, so a
+    smaller crop would be upsampled; ZoomEye enlarges it to the base side first (decisions.md D8).
+    A side already longer is kept; the enlarged box is shifted (not cut) to stay inside the
+    ``width x height`` image, and is cut only where the image itself is smaller than ``min_side``.
+    """
+    def span(lo: int, hi: int, n: int) -> tuple[int, int]:
+        size = min(max(hi - lo, min_side), n)
+        start = (lo + hi) // 2 - size // 2
+        start = min(max(start, 0), n - size)
+        return start, start + size
+
+    x0, x1 = span(int(box[0]), int(box[2]), width)
+    y0, y1 = span(int(box[1]), int(box[3]), height)
+    return (x0, y0, x1, y1)
+
+
+def merge_near(boxes: Sequence[Sequence[int]], buffer: int) -> list[PixelBox]:
+    """Merge boxes that come close, transitively, into their unions (ZoomEye's ``merge_bbox_list``).
+
+    Two boxes merge when, each grown by ``buffer`` px on every side, they overlap with positive
+    area -- i.e. when the gap between them is below ``2 * buffer`` on both axes. ``buffer=0`` is
+    ``merge_overlapping``. The merged box is the union of the original (not the grown) boxes.
+
+    Returns:
+        Boxes sorted by (y0, x0, y1, x1), no two of them close.
+    """
+    if buffer < 0:
+        raise ValueError(f"buffer must be >= 0, got {buffer}")
+    out: list[PixelBox] = [tuple(int(v) for v in b) for b in boxes]  # type: ignore[misc]
+
+    def grown(b: PixelBox) -> tuple[int, int, int, int]:
+        return (b[0] - buffer, b[1] - buffer, b[2] + buffer, b[3] + buffer)
+
+    changed = True
+    while changed:
+        changed = False
+        for i, j in itertools.combinations(range(len(out)), 2):
+            if _intersection(grown(out[i]), grown(out[j])) > 0:
+                out[i] = union_box([out[i], out[j]])
+                del out[j]
+                changed = True
+                break
+    return sorted(out, key=lambda b: (b[1], b[0], b[3], b[2]))
 
 
 def merge_overlapping(boxes: Sequence[Sequence[int]]) -> list[PixelBox]:

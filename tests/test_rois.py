@@ -20,6 +20,8 @@ from focuslib.rois import (
     box_iou,
     clip_box,
     compose_canvas,
+    enlarge_box,
+    merge_near,
     grid_to_pixel,
     grow_roi,
     merge_overlapping,
@@ -157,14 +159,14 @@ def test_grow_covers_plateau_and_not_beyond(plateau):
     h = w = 21
     lo = 10 - plateau // 2
     m = _plateau(h, w, lo, lo, lo + plateau, lo + plateau)
-    box = grow_roi(m, (10, 10), s_min=3, s_max=15, t_expand=0.9)
+    box = grow_roi(m, (10, 10), s_min=3, s_max=15, t_expand=0.9, rule="anchor")
     assert box == (lo, lo, lo + plateau, lo + plateau)
 
 
 def test_grow_plateau_at_corner_is_shifted():
     m = _plateau(16, 16, 0, 0, 5, 5)
     # anchor at the corner: every candidate box is shifted into the map
-    assert grow_roi(m, (0, 0), s_min=3, s_max=11, t_expand=0.9) == (0, 0, 5, 5)
+    assert grow_roi(m, (0, 0), s_min=3, s_max=11, t_expand=0.9, rule="anchor") == (0, 0, 5, 5)
 
 
 def test_grow_threshold_is_inclusive_and_exact():
@@ -173,8 +175,8 @@ def test_grow_threshold_is_inclusive_and_exact():
     m[2:7, 2:7] = 3.5 / 16
     m[3:6, 3:6] = 1.0
     assert float(m[2:7, 2:7].mean()) == 0.5
-    assert grow_roi(m, (4, 4), 3, 7, t_expand=0.5) == (2, 2, 7, 7)
-    assert grow_roi(m, (4, 4), 3, 7, t_expand=0.5 + 1e-9) == (3, 3, 6, 6)
+    assert grow_roi(m, (4, 4), 3, 7, t_expand=0.5, rule="anchor") == (2, 2, 7, 7)
+    assert grow_roi(m, (4, 4), 3, 7, t_expand=0.5 + 1e-9, rule="anchor") == (3, 3, 6, 6)
 
 
 def test_grow_stops_at_first_refusal():
@@ -183,7 +185,7 @@ def test_grow_stops_at_first_refusal():
     m[1:6, 1:6] = 0.0
     m[2:5, 2:5] = 1.0
     assert float(m.mean()) >= 0.5
-    assert grow_roi(m, (3, 3), 3, 7, t_expand=0.5) == (2, 2, 5, 5)
+    assert grow_roi(m, (3, 3), 3, 7, t_expand=0.5, rule="anchor") == (2, 2, 5, 5)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -200,6 +202,69 @@ def test_grow_never_exceeds_s_max(seed):
             assert s_min <= r1 - r0 <= s_max and (r1 - r0 - s_min) % 2 == 0
     with pytest.raises(ValueError):
         grow_roi(m, (0, 0), 5, 3, 0.5)
+    with pytest.raises(ValueError):
+        grow_roi(m, (0, 0), 3, 5, 0.5, rule="ring")
+
+
+# --- the default rule: threshold x mean(map) (decisions.md D4, Tab. 12b/c) ----------------------
+
+
+def test_grow_map_mean_threshold_is_exact_and_inclusive():
+    # 9x9 map, mean 1: a 5x5 box of mean exactly 0.5 is accepted at t=0.5, refused just above
+    m = torch.ones(9, 9, dtype=torch.float64)
+    m[2:7, 2:7] = 0.5
+    m[0:2, :] += (81 - float(m.sum())) / 18  # put the rest of the mass in the top two rows
+    assert float(m.mean()) == pytest.approx(1.0) and float(m[2:7, 2:7].mean()) == 0.5
+    assert grow_roi(m, (4, 4), 3, 5, 0.5, rule="map-mean") == (2, 2, 7, 7)
+    assert grow_roi(m, (4, 4), 3, 5, 0.5 + 1e-9, rule="map-mean") == (3, 3, 6, 6)
+
+
+def test_grow_map_mean_ignores_padding_cells():
+    # letterboxed map: rows 0-3 padding (0). A box reaching into padding averages its real cells only,
+    # and the reference is the mean of the real cells, so padding neither blocks nor helps growth
+    m = torch.zeros(12, 12, dtype=torch.float64)
+    m[4:] = 1.0
+    valid = torch.zeros(12, 12, dtype=torch.bool)
+    valid[4:] = True
+    assert grow_roi(m, (4, 5), 3, 7, 0.95, rule="map-mean", valid=valid) == (1, 2, 8, 9)
+    # without the mask: reference 96/144, the 5x5 box has 15 real of 25 cells (0.6 < 0.95 * 0.667)
+    assert grow_roi(m, (4, 5), 3, 7, 0.95, rule="map-mean") == (3, 4, 6, 7)
+
+
+def _peaked(seed: int, h: int = 24, w: int = 24) -> torch.Tensor:
+    """Log-normal background + 1-3 sharp Gaussian objects (2-20x background), squared (two tokens)."""
+    g = np.random.default_rng(seed)
+    m = g.lognormal(0, 0.5, (h, w))
+    rr, cc = np.mgrid[0:h, 0:w]
+    for _ in range(g.integers(1, 4)):
+        r, c, sig = g.uniform(2, h - 3), g.uniform(2, w - 3), g.uniform(0.6, 2.0)
+        m += g.uniform(2, 20) * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sig**2))
+    m = torch.tensor(m**2)
+    return m / m.sum()
+
+
+def _top(m, t, s_max=5, rule="map-mean"):
+    return propose_rois(m, 30, 3, s_max, 2, t, 0.3, growth_rule=rule)
+
+
+def test_top_roi_reaches_s_max_and_threshold_does_not_matter():
+    """Tab. 12b/c: t_expand in [0.3, 0.7] leaves the top ROI alone, s_max sets its size. Under the old
+    anchor-relative rule the top ROI mostly stays at s_min (3 cells = 282 px on V*, below 336)."""
+    maps = [_peaked(s) for s in range(40)]
+    for s_max in (5, 7, 9):
+        tops = [_top(m, 0.5, s_max)[0].grid for m in maps]
+        assert all(b[2] - b[0] == b[3] - b[1] == s_max for b in tops)
+    changed = []
+    for m in maps:
+        ref = _top(m, 0.5)
+        for t in (0.3, 0.4, 0.6, 0.7):
+            props = _top(m, t)
+            assert props[0].grid == ref[0].grid
+        changed.append(len({r.grid for r in ref[:8]} - {p.grid for p in _top(m, 0.3)[:8]}) / 8)
+    assert np.mean(changed) < 0.15   # only a few background ROIs change (sweep: ~9% at t=0.3)
+    old = [_top(m, 0.5, rule="anchor")[0].grid for m in maps]
+    assert sum(b[2] - b[0] == 5 for b in old) < len(maps) / 2
+    assert sum(_top(m, 0.3, rule="anchor")[0].grid != _top(m, 0.7, rule="anchor")[0].grid for m in maps) > 5
 
 
 # --------------------------------------------------------------------------- #
@@ -513,3 +578,41 @@ def test_compose_canvas_bad_input():
         compose_canvas(img, [(0, 0, 5, 5)], max_crop_side=0)
     with pytest.raises(ValueError):
         compose_canvas(img, [(0, 0, 5, 5)], gap=-1)
+
+
+# --------------------------------------------------------------------------- #
+# ZoomEye's final-input geometry: enlarge to the base side, merge near boxes
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("box,expected", [
+    ((900, 500, 1000, 560), (782, 362, 1118, 698)),      # small box: 336 x 336 around its centre
+    ((0, 0, 50, 50), (0, 0, 336, 336)),                  # at the corner: shifted in, not cut
+    ((1950, 950, 2000, 1000), (1664, 664, 2000, 1000)),  # bottom-right corner
+    ((100, 100, 700, 200), (100, 0, 700, 336)),          # wide box keeps its width; height 336, shifted in
+])
+def test_enlarge_box(box, expected):
+    assert enlarge_box(box, 336, 2000, 1000) == expected
+    x0, y0, x1, y1 = enlarge_box(box, 336, 2000, 1000)
+    assert x1 - x0 >= 336 and y1 - y0 >= 336
+    assert x0 <= box[0] and y0 <= box[1] and x1 >= box[2] and y1 >= box[3]
+
+
+def test_enlarge_box_small_image_and_centre():
+    assert enlarge_box((10, 10, 20, 20), 336, 300, 200) == (0, 0, 300, 200)  # image smaller than 336
+    x0, y0, x1, y1 = enlarge_box((1000, 400, 1100, 440), 336, 4000, 3000)
+    assert ((x0 + x1) / 2, (y0 + y1) / 2) == (1050, 420)
+
+
+def test_merge_near_uses_a_50px_buffer_per_box():
+    a = (0, 0, 100, 100)
+    assert merge_near([a, (199, 0, 300, 100)], 50) == [(0, 0, 300, 100)]          # gap 99 < 2 x 50
+    assert merge_near([a, (200, 0, 300, 100)], 50) == [a, (200, 0, 300, 100)]      # gap 100: kept apart
+    assert merge_near([a, (150, 150, 250, 250)], 50) == [(0, 0, 250, 250)]         # diagonal gap 50
+    # transitive: a chain of near boxes becomes one
+    assert merge_near([a, (180, 0, 280, 100), (360, 0, 460, 100)], 50) == [(0, 0, 460, 100)]
+    # buffer 0 is merge_overlapping
+    boxes = [(0, 0, 10, 10), (10, 0, 20, 10), (5, 5, 15, 15)]
+    assert merge_near(boxes, 0) == merge_overlapping(boxes)
+    with pytest.raises(ValueError):
+        merge_near(boxes, -1)
