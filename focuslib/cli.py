@@ -36,6 +36,149 @@ def random_tiny() -> str:
     return str(path)
 
 
+# ------------------------------------------------------------------------------------------------
+# checks of user input: each failure is one line naming what is wrong and what to do (exit code 2)
+
+MODEL_ALIASES = {"tiny": "the embedded default (the shipped miniature, else the random tiny LLaVA-1.5)",
+                 "random-tiny": "the random-weight tiny LLaVA-1.5 (built offline)"}
+DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .benchmarks import BenchmarkError
+    from .images import FocusInputError
+    return (FocusInputError, BenchmarkError)
+
+
+def _bad(msg: str):
+    from .images import FocusInputError
+    return FocusInputError(msg)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a negative --limit would slice from the end, 0 would do nothing)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def aliases_help() -> str:
+    from .models import HUB_IDS
+    return ", ".join([*MODEL_ALIASES, *HUB_IDS])
+
+
+def resolve_model(arg: str) -> str:
+    """A model argument (alias, hub id or local directory) -> what load_mllm gets; checks local paths.
+
+    Aliases: 'tiny', 'random-tiny' and models.HUB_IDS, accepted by every command."""
+    from .models import HUB_IDS
+    if arg == "tiny":
+        return embedded_default()[0]
+    if arg == "random-tiny":
+        return random_tiny()
+    if arg in HUB_IDS:
+        return HUB_IDS[arg]
+    p = Path(arg).expanduser()
+    looks_local = p.exists() or arg.startswith((".", "/", "~")) or os.sep + os.sep in arg or arg.count("/") != 1
+    if not looks_local:
+        return arg  # a hub id "org/name"
+    if not p.exists():
+        raise _bad(f"model {arg!r} is neither a local directory nor a hub id (org/name) nor an alias "
+                   f"({aliases_help()})")
+    if not p.is_dir():
+        raise _bad(f"model {arg!r} is a file; give the checkpoint's directory (with config.json and weights)")
+    if not (p / "config.json").exists():
+        what = "is empty" if not any(p.iterdir()) else "has no config.json"
+        raise _bad(f"model directory {arg} {what}: not a Hugging Face checkpoint (download one with "
+                   "`huggingface-cli download ID --local-dir DIR`, or use --model tiny)")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise _bad(f"model directory {arg} has a config.json but no weights (*.safetensors / *.bin): an "
+                   "interrupted download? Download it again")
+    return str(p)
+
+
+def check_device(device: str | None) -> str | None:
+    """None (auto), cpu, cuda, cuda:N or mps, and only a device torch can use."""
+    if device is None:
+        return None
+    import torch
+    kind, _, idx = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()) or (kind == "cpu" and idx):
+        raise _bad(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps (default: cuda if available)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise _bad(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise _bad(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise _bad("--device mps: MPS is not available here; use --device cpu")
+    return device
+
+
+def load_model(arg: str, device: str | None, dtype: str, **kw):
+    """resolve_model + check_device + load_mllm, with loading failures turned into one-line errors."""
+    from .models import load_mllm
+    path = resolve_model(arg)
+    device = check_device(device)
+    try:
+        return load_mllm(path, device=device, dtype=dtype, **kw), path
+    except (OSError, ValueError, RuntimeError) as e:
+        if isinstance(e, _user_errors()):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _bad(first if arg in first or path in first else f"cannot load model {arg!r}: {first}") from e
+
+
+def check_text(mllm, text: str, what: str) -> None:
+    """A question or target must not contain the model's special tokens (e.g. <image>): they would be
+    read as image slots or control tokens."""
+    tok = getattr(mllm, "tokenizer", None)
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    special |= {t.content if hasattr(t, "content") else str(t)
+                for t in (getattr(tok, "added_tokens_decoder", {}) or {}).values()
+                if getattr(t, "special", True)}
+    found = sorted(t for t in special if t and len(t) > 1 and t in text)
+    if found:
+        raise _bad(f"the {what} contains the model's special token(s) {found}; remove them (images are given "
+                   "with --image)")
+
+
+def check_out_file(path: str | None, option: str) -> None:
+    """--json / --viz: fail before the run if the file cannot be written."""
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    for q in (parent, *parent.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise _bad(f"{option} {path}: {q} is a file, not a directory")
+            if not os.access(q, os.W_OK):
+                raise _bad(f"{option} {path}: {q} is not writable")
+            break
+    if p.is_dir():
+        raise _bad(f"{option} {path} is a directory; give a file name")
+
+
+def check_targets(targets: list[str] | None) -> list[str] | None:
+    """--targets: non-empty names; 'all X' marks type-2 and needs the object X."""
+    if targets is None:
+        return None
+    names = [" ".join(t.split()) for t in targets]
+    if not any(names):
+        raise _bad("--targets got only empty names; give object names (e.g. --targets 'red car') or leave "
+                   "--targets out to extract them from the question")
+    for t in names:
+        if t.lower() in ("all", "all of", "all of the", "all the"):
+            raise _bad(f"--targets {t!r} names no object; write 'all <object>' (e.g. 'all cars') for a "
+                       "type-2 question")
+    return [t for t in names if t]
+
+
 def _quiet():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import transformers
@@ -60,29 +203,42 @@ def _print_trace(tr, out=None):
         p(f"note:         {n}")
 
 
+def _inputs(a) -> dict:
+    """Adapter input settings given on the command line (default: config.INPUTS, decisions D13)."""
+    return {} if a.max_pixels is None else {"max_pixels": a.max_pixels}
+
+
 def cmd_ask(a) -> int:
     _quiet()
-    from .config import preset
-    from .images import FocusInputError, load_image
-    from .models import load_mllm
+    from .benchmarks import BENCHMARKS
+    from .config import BENCHMARK_ALIASES, preset
+    from .images import load_image
     from .search import Focus
     from .tiny import model_note
-    try:
-        image = load_image(a.image)
-    except FocusInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    model = a.model
+    if a.benchmark is not None and a.benchmark.lower() not in {*BENCHMARKS, *BENCHMARK_ALIASES}:
+        raise _bad(f"unknown --benchmark {a.benchmark!r} for the preset; known: {sorted({*BENCHMARKS, *BENCHMARK_ALIASES})}")
+    if not a.question.strip():
+        raise _bad("the question is empty; ask something about the image, e.g. --question 'What color is the car?'")
+    targets = check_targets(a.targets)
+    check_device(a.device)
+    check_out_file(a.json, "--json")
+    check_out_file(a.viz, "--viz")
+    image = load_image(a.image)
+    mllm, model = load_model(a.model, a.device, a.dtype, **_inputs(a))
     note = model_note(model) if os.path.isdir(model) else None
-    mllm = load_mllm(model, device=a.device, dtype=a.dtype)
+    check_text(mllm, a.question, "question")
+    for t in targets or []:
+        check_text(mllm, t, f"target {t!r}")
     over = {} if a.overrun is None else {"overrun": a.overrun}
-    cfg = preset(mllm.family, a.benchmark, n_steps=a.n_steps, **over)
     if a.layers:
-        cfg = cfg.__class__(**{**cfg.__dict__, "layers": tuple(a.layers)})
-    print(f"model: {mllm.name} ({mllm.family}, {mllm.num_layers} layers, {mllm.device})")
+        over["layers"] = tuple(a.layers)
+    cfg = preset(mllm.family, a.benchmark, n_steps=a.n_steps, **over)
+    layers = cfg.resolved_layers(mllm.num_layers)
+    print(f"model: {mllm.name} ({mllm.family}, {mllm.num_layers} layers, {mllm.device}); "
+          f"relevance layers [{layers.start}, {layers.stop})")
     if note:
         print(f"WARNING: {note}")
-    tr = Focus(mllm, cfg).answer(image, a.question, targets=a.targets)
+    tr = Focus(mllm, cfg).answer(image, a.question, targets=targets)
     _print_trace(tr)
     if a.viz:
         from .viz import plot_trace
@@ -97,13 +253,16 @@ def cmd_demo(a) -> int:
     _quiet()
     from . import synthetic
     from .config import preset
-    from .models import load_mllm
     from .rois import box_iou
     from .search import Focus
     from .tiny import model_note
     from .viz import plot_trace
-    path, note = (a.model, None) if a.model else embedded_default()
-    mllm = load_mllm(path, device=a.device, dtype=a.dtype)
+    if a.model:
+        mllm, path = load_model(a.model, a.device, a.dtype)
+        note = None
+    else:
+        path, note = embedded_default()
+        mllm, _ = load_model(path, a.device, a.dtype)
     print(f"model: {path} ({mllm.family}, {mllm.num_layers} layers)")
     if note:
         print(f"WARNING: {note}. This demo shows the mechanics, not the accuracy.")
@@ -111,7 +270,8 @@ def cmd_demo(a) -> int:
         print(f"note: {model_note(path) or 'no focuslib note'}")
     item = synthetic.generate(1, seed=a.seed)[0]
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .runner import check_writable
+    check_writable(out)
     item.image.save(out / "demo_image.jpg")
     print(f"image: {out / 'demo_image.jpg'} {item.image.size[0]}x{item.image.size[1]} (synthetic, seed {a.seed})")
     print(f"question: {item.question}  options: {item.options}  label: {item.label}")
@@ -133,23 +293,35 @@ def cmd_demo(a) -> int:
 def cmd_eval(a) -> int:
     """`focus eval`: a method over a benchmark, one JSON line per sample, resumable (focuslib.runner)."""
     _quiet()
-    from .benchmarks import BenchmarkError, get_spec
-    from .models import load_mllm
-    from .runner import evaluate, shard_info
+    from .benchmarks import get_spec
+    from .runner import check_writable, evaluate, exit_with_parent, shard_info
     spec = get_spec(a.benchmark)
-    source = a.data
     rank, world = shard_info()
+    if world > 1:
+        exit_with_parent()  # a killed launcher takes its workers with it
+    out = Path(a.out)
+    check_writable(out)  # before the model loads, not after the whole run
+    source, data_tag = a.data, None
     if a.data == "synthetic":
-        from .synthetic_benchmarks import write_synthetic
-        source = Path(a.out) / "_data" / spec.name
-        if rank == 0 and not source.exists():
-            write_synthetic(spec.name, source, n=a.synthetic_n, size=(a.synthetic_size, a.synthetic_size * 3 // 4))
+        from .synthetic_benchmarks import default_n, ensure_synthetic
+        n = a.synthetic_n or default_n(spec.name, a.limit)
+        size = (a.synthetic_size, a.synthetic_size * 3 // 4)
+        source = out / "_data" / spec.name
+        if rank == 0:
+            ensure_synthetic(spec.name, source, n=n, size=size)
         if world > 1:
             from .runner import barrier
             barrier()
-        print(f"synthetic {spec.name} benchmark (offline, schema of {spec.hub_id}) at {source}")
-    model = (embedded_default()[0] if a.model == "tiny" else random_tiny() if a.model == "random-tiny" else a.model)
-    device = a.device
+        data_tag = f"synthetic {size[0]}x{size[1]} seed 0"  # n may grow: ids are prefix-stable
+        if rank == 0:
+            print(f"synthetic {spec.name} benchmark (offline, schema of {spec.hub_id}, {n} items) at {source}")
+    elif a.data is not None:
+        p = Path(a.data)
+        if p.is_file() and p.suffix.lower() not in (".parquet", ".tsv", ".jsonl", ".json"):
+            raise _bad(f"--data {a.data} is a {p.suffix or 'plain'} file; give the benchmark's directory (as "
+                       f"`huggingface-cli download --repo-type dataset {spec.hub_id} --local-dir DIR` writes it), "
+                       "a .parquet/.tsv/.jsonl file of it, or 'synthetic'")
+    device = check_device(a.device)
     if world > 1 and device is None:
         from accelerate import PartialState
         device = str(PartialState().device)  # one GPU per process
@@ -157,92 +329,138 @@ def cmd_eval(a) -> int:
     if a.method.startswith("vicrop"):  # ViCrop reads attention weights: eager attention only
         attn = "eager"
         print("ViCrop needs attention weights: loading the model with attn_implementation='eager'")
-    mllm = load_mllm(model, device=device, dtype=a.dtype, attn_implementation=attn)
+    mllm, _ = load_model(a.model, device, a.dtype, attn_implementation=attn, **_inputs(a))
     baseline_options = {"depth": a.depth, "children": a.children, "high": a.high}
     judge = None
     if a.judge:
         from .schemes import LLMJudge
-        judge = LLMJudge.from_pretrained(a.judge, device=device)
-    try:
-        evaluate(mllm, spec, a.method, a.n_steps, a.limit, a.out, source=source, scheme=a.scheme,
-                 map_variant=a.map, ranking=not a.no_ranking, layers=a.layers, overrun=a.overrun,
-                 gt_targets=a.gt_targets, reuse_permutations=a.reuse_permutations, flops=a.flops, judge=judge,
-                 retry_errors=a.retry_errors, progress=not a.no_progress,
-                 baseline_options=baseline_options if a.method not in ("vanilla", "focus") else None)
-    except BenchmarkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        judge = LLMJudge.from_pretrained(resolve_model(a.judge), device=device)
+    evaluate(mllm, spec, a.method, a.n_steps, a.limit, out, source=source, scheme=a.scheme,
+             map_variant=a.map, ranking=not a.no_ranking, layers=a.layers, overrun=a.overrun,
+             gt_targets=a.gt_targets, reuse_permutations=a.reuse_permutations, flops=a.flops, judge=judge,
+             retry_errors=a.retry_errors, progress=not a.no_progress and rank == 0, data_tag=data_tag,
+             baseline_options=baseline_options if a.method not in ("vanilla", "focus") else None)
     return 0
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option that takes a value shows its default; flags are off unless given."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
+MAX_PIXELS_HELP = ("Qwen2.5-VL only: smart_resize's pixel cap (default 12845056, the checkpoint's; the "
+                   "preset is tuned for it, decisions D13)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="focus", description="FOCUS fine-grained VQA (NeurIPS 2025) with HF MLLMs")
+    ap.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    fmt = _DefaultsFormatter
+    models = f"model aliases: {aliases_help()}; or a hub id (org/name) or a local checkpoint directory"
 
     def common(p):
-        p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-        p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-        p.add_argument("--n-steps", type=int, default=8)
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (None: cuda if available)")
+        p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on GPU, fp32 on CPU")
+        p.add_argument("--n-steps", type=positive_int, default=8, help="search budget n_steps (>= 1)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the Python traceback of an error")
 
-    ask = sub.add_parser("ask", help="answer one question about one image")
-    ask.add_argument("--model", required=True, help="hub id (e.g. llava-hf/llava-1.5-7b-hf) or local path")
-    ask.add_argument("--image", required=True)
-    ask.add_argument("--question", required=True)
-    ask.add_argument("--targets", nargs="+", default=None, help="skip extraction ('all X' marks type-2)")
-    ask.add_argument("--benchmark", default=None, help="preset variant, e.g. vstar (Tab. 7)")
-    ask.add_argument("--overrun", dest="overrun", action="store_true", default=None)
-    ask.add_argument("--no-overrun", dest="overrun", action="store_false")
+    ask = sub.add_parser("ask", help="answer one question about one image", formatter_class=fmt, epilog=models)
+    ask.add_argument("--model", required=True, help="alias, hub id or local checkpoint directory (see below)")
+    ask.add_argument("--image", required=True, help="image file (any PIL format)")
+    ask.add_argument("--question", required=True, help="the question, options included if any")
+    ask.add_argument("--targets", nargs="+", default=None,
+                     help="skip extraction: these target objects ('all X' marks type-2); None: extract")
+    ask.add_argument("--benchmark", default=None,
+                     help="preset variant of Tab. 7, e.g. vstar; None: the family's base preset")
+    ask.add_argument("--overrun", dest="overrun", action="store_true", default=None,
+                     help="allow the search to overrun n_steps (None: the preset's choice)")
+    ask.add_argument("--no-overrun", dest="overrun", action="store_false", help="stop at n_steps exactly")
     ask.add_argument("--layers", nargs=2, type=int, default=None, metavar=("L0", "L1"),
-                     help="half-open layer range of a model with the preset's depth")
+                     help="half-open layer range [L0, L1) in the preset's numbering (scaled to the model's "
+                          "depth); None: the preset's")
     ask.add_argument("--viz", default=None, help="write a PNG of maps, ROIs and final input")
     ask.add_argument("--json", default=None, help="write the trace summary as JSON")
+    ask.add_argument("--max-pixels", type=int, default=None, help=MAX_PIXELS_HELP)
     common(ask)
     ask.set_defaults(func=cmd_ask)
 
-    demo = sub.add_parser("demo", help="FOCUS on the embedded default model and a synthetic image")
+    demo = sub.add_parser("demo", help="FOCUS on the embedded default model and a synthetic image",
+                          formatter_class=fmt, epilog=models)
     demo.add_argument("--model", default=None, help="use this model instead of the embedded default")
-    demo.add_argument("--out", default="figures/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="figures/demo", help="folder for the image, figure and trace")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic image")
     common(demo)
     demo.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable JSONL, per-category table)")
-    ev.add_argument("--model", required=True, help="hub id, local path, 'tiny' (the embedded default) or 'random-tiny'")
+    ev = sub.add_parser("eval", help="evaluate a method on a benchmark (resumable JSONL, per-category table)",
+                        formatter_class=fmt, epilog=models + ". Several processes: see the README (torchrun on "
+                        "CPU, accelerate launch --multi_gpu on GPUs).")
+    ev.add_argument("--model", required=True, help="alias, hub id or local checkpoint directory (see below)")
     ev.add_argument("--benchmark", required=True, help="vstar, hrbench_4k, hrbench_8k, mme_rw_lite, aokvqa, gqa")
-    ev.add_argument("--method", default="focus", choices=["vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad"])
-    ev.add_argument("--depth", type=int, default=None, help="zoomeye: max tree depth (A.4: 1, 2, 5; default 5)")
-    ev.add_argument("--children", type=int, default=None, choices=[2, 4], help="zoomeye: sub-regions per node")
+    ev.add_argument("--method", default="focus", choices=["vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad"],
+                    help="the method to evaluate")
+    ev.add_argument("--depth", type=int, default=None, help="zoomeye: max tree depth (A.4: 1, 2, 5; None: 5)")
+    ev.add_argument("--children", type=int, default=None, choices=[2, 4],
+                    help="zoomeye: sub-regions per node (None: the preset's)")
     ev.add_argument("--high", dest="high", action="store_true", default=None,
-                    help="vicrop: tile high-resolution images into ~1024 px blocks (default)")
+                    help="vicrop: tile high-resolution images into ~1024 px blocks (None: on)")
     ev.add_argument("--no-high", dest="high", action="store_false", help="vicrop: one map on the whole image")
-    ev.add_argument("--limit", type=int, default=None, help="first K samples only")
+    ev.add_argument("--limit", type=positive_int, default=None, help="first K samples only (None: all)")
     ev.add_argument("--out", default="runs", help="results directory (one JSONL per run, resumable)")
     ev.add_argument("--data", default=None, help="local copy of the benchmark (dir/file), or 'synthetic'; "
-                                                 "default: the hub")
-    ev.add_argument("--synthetic-n", type=int, default=8)
-    ev.add_argument("--synthetic-size", type=int, default=320)
+                                                 "None: the hub")
+    ev.add_argument("--synthetic-n", type=positive_int, default=None,
+                    help="items of --data synthetic (None: enough for --limit, at least 8)")
+    ev.add_argument("--synthetic-size", type=positive_int, default=320, help="width of synthetic images [px]")
     ev.add_argument("--scheme", default="generate", choices=["generate", "logits", "open"],
                     help="open-ended with options (paper), logits matching (C.5), open-ended + judge (C.2)")
     ev.add_argument("--judge", default=None, help="judge LLM for --scheme open, e.g. Qwen/Qwen2.5-7B-Instruct")
-    ev.add_argument("--map", default=None, choices=["vv", "kk", "random"], help="relevance map ablation")
+    ev.add_argument("--map", default=None, choices=["vv", "kk", "random"],
+                    help="relevance map ablation (None: vv, the paper's)")
     ev.add_argument("--no-ranking", action="store_true", help="ablation: answer on the top-relevance ROI")
-    ev.add_argument("--layers", nargs=2, type=int, default=None, metavar=("l", "L"))
-    ev.add_argument("--overrun", dest="overrun", action="store_true", default=None)
-    ev.add_argument("--no-overrun", dest="overrun", action="store_false")
+    ev.add_argument("--layers", nargs=2, type=int, default=None, metavar=("L0", "L1"),
+                    help="ablation: half-open layer range in the preset's numbering (None: the preset's)")
+    ev.add_argument("--overrun", dest="overrun", action="store_true", default=None,
+                    help="allow the search to overrun n_steps (None: the preset's choice)")
+    ev.add_argument("--no-overrun", dest="overrun", action="store_false", help="stop at n_steps exactly")
     ev.add_argument("--gt-targets", action="store_true", help="give FOCUS V*Bench's GT target objects")
     ev.add_argument("--reuse-permutations", action="store_true",
                     help="HR-Bench: share the search across the 4 option permutations (reported separately)")
     ev.add_argument("--flops", action="store_true", help="measure FLOPs with FlopCounterMode (slow)")
     ev.add_argument("--retry-errors", action="store_true", help="rerun samples recorded as errors")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--max-pixels", type=int, default=None, help=MAX_PIXELS_HELP)
     common(ev)
     ev.set_defaults(func=cmd_eval)
     return ap
 
 
 def main(argv=None) -> int:
+    """Run a command. Bad input -> one line on stderr and exit code 2; Ctrl-C -> one line and 130; any
+    other failure -> one line and 1. `--debug` shows the traceback instead."""
     a = build_parser().parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        if a.debug:
+            raise
+        print("\ninterrupted: finished samples are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if a.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug or an environment problem: still one line unless --debug
+        if a.debug:
+            raise
+        print(f"error: {e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

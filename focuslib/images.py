@@ -65,10 +65,26 @@ def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise FocusInputError(_too_large(path)) from e
     except UnidentifiedImageError as e:
         raise FocusInputError(f"not a readable image file: {path}") from e
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
         raise FocusInputError(f"corrupt or truncated image file: {path} ({e})") from e
+
+
+def _too_large(path: Path) -> str:
+    """What to say about an image over PIL's decompression-bomb guard (size, limit, how to raise it)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:  # header only: no pixels are decoded
+            w, h = im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    return (f"image {path} is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the decompression-bomb limit of "
+            f"{2 * limit / 1e6:.0f} Mpx (2 x PIL.Image.MAX_IMAGE_PIXELS = {limit}); if you trust the file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS (--max-pixels where the command has it), or downscale the image")
 
 
 def pad_to_square(img: Image.Image, fill: tuple[int, int, int]) -> tuple[Image.Image, tuple[int, int]]:

@@ -492,11 +492,8 @@ class Session:
         if self.data is None:
             return None
         if self.data == "synthetic":
-            root = self.results_dir / "_data" / name
-            if not root.exists():
-                from .synthetic_benchmarks import write_synthetic
-                write_synthetic(name, root, n=self.synthetic_n)
-            return root
+            from .synthetic_benchmarks import ensure_synthetic  # atomic: a kill never leaves half a benchmark
+            return ensure_synthetic(name, self.results_dir / "_data" / name, n=self.synthetic_n)
         return Path(self.data) / name
 
     def samples(self, benchmark: str, limit: int | None = None):

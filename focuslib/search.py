@@ -53,6 +53,8 @@ class TargetTrace:
     best: int | None = None           # index into rois of the chosen ROI
     selected: list[int] = field(default_factory=list)   # type-2: ROIs above t_type2
     whole_image_yes: float | None = None                 # c_yes of the map pass itself
+    qtype: int = 1                    # this target's type: 2 = every instance matters (decisions.md D8)
+    query: str = ""                   # the name in the prompts (type-2: singular); "" = target
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Trace:
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
     final_images: list[Image.Image] = field(default_factory=list, repr=False)
+    layers: tuple[int, int] | None = None  # resolved half-open decoder-layer range of the maps (None: no map)
 
     def summary(self) -> dict:
         """JSON-friendly summary (no tensors, no images)."""
@@ -80,9 +83,11 @@ class Trace:
             "chosen_boxes": [list(b) for b in self.chosen_boxes], "final_mode": self.final_mode,
             "final_size": list(self.final_size), "search_fp": self.search_fp,
             "model_calls": dict(self.model_calls), "timings": dict(self.timings), "notes": list(self.notes),
+            "layers": list(self.layers) if self.layers else None,
             "per_target": [{
                 "target": t.target, "tokens": t.tokens, "map_shape": list(t.map.shape),
                 "best": t.best, "verified": t.verified, "selected": t.selected,
+                "qtype": t.qtype, "query": t.query,
                 "rois": [asdict(r) for r in t.rois]} for t in self.per_target],
         }
 
@@ -150,7 +155,7 @@ class Focus:
         cfg = self.config
         out = []
         for roi in R.propose_rois(rel_map, cfg.k, cfg.s_min, cfg.s_max, cfg.s_dist, cfg.t_expand,
-                                  cfg.nms_threshold, valid=layout.valid):
+                                  cfg.nms_threshold, valid=layout.valid, growth_rule=cfg.growth_rule):
             box = R.grid_to_pixel(roi.grid, layout.cell_boxes)
             if box is not None:
                 out.append(RoiTrace(tuple(roi.grid), tuple(box), tuple(roi.anchor), float(roi.score)))
@@ -165,15 +170,23 @@ class Focus:
             for i, c in zip(chunk, conf.tolist()):
                 rois[i].confidence = float(c)
 
-    def rank(self, image, tt: TargetTrace, qtype: int) -> int:
-        """Verify crops and pick the best ROI; returns the number of crops verified (search FPs)."""
+    def rank(self, image, tt: TargetTrace, qtype: int | None = None) -> int:
+        """Verify crops and pick the best ROI; returns the number of crops verified (search FPs).
+
+        qtype: the TARGET's type (default `tt.qtype`). Type-2 targets verify every proposal and keep those
+        above t_type2 whatever n_steps, overrun and `ranking` say: selecting instances by a threshold is
+        not the ranking that Tab. 3's "no ranking" removes, and so "no ranking" gives exactly Steps-1
+        without overrun (Tab. 3 = Tab. 10, 51.30 / 41.13; decisions.md D8).
+        """
         cfg, rois = self.config, tt.rois
+        qtype = tt.qtype if qtype is None else qtype
+        name = tt.query or tt.target
         if not rois:
             return 0
-        if qtype == 2 and cfg.ranking:
+        if qtype == 2:
             # type-2: every proposal is verified, not limited by n_steps (sec. 3.3)
             tt.verified = list(range(len(rois)))
-            self._verify(image, tt.target, rois, tt.verified)
+            self._verify(image, name, rois, tt.verified)
             tt.selected = [i for i in tt.verified if rois[i].confidence > cfg.t_type2]
             tt.best = max(tt.verified, key=lambda i: rois[i].confidence)
             return len(tt.verified)
@@ -181,12 +194,12 @@ class Focus:
             tt.best = 0  # nothing to rank: the top-relevance ROI
             return 0
         first = list(range(min(cfg.n_steps, len(rois))))
-        self._verify(image, tt.target, rois, first)  # ONE batched forward for the top n_steps
+        self._verify(image, name, rois, first)  # ONE batched forward for the top n_steps
         tt.verified = list(first)
         if cfg.overrun and all(rois[i].confidence <= 0 for i in first):
             # overrun (C.1): keep going down the list until the model says Yes (l_yes > l_no)
             for i in range(len(first), len(rois)):
-                self._verify(image, tt.target, rois, [i])
+                self._verify(image, name, rois, [i])
                 tt.verified.append(i)
                 if rois[i].confidence > 0:
                     break
@@ -195,29 +208,43 @@ class Focus:
 
     # ---- (V) -------------------------------------------------------------------------
     def compose(self, image: Image.Image, per_target: list[TargetTrace], qtype: int, notes: list[str]):
-        """Final input (A.5). Returns (mode, images, boxes)."""
+        """Final input (A.5). Returns (mode, images, boxes).
+
+        Type-2 targets contribute every ROI above t_type2, type-1 targets their best ROI. Multi-image
+        models get [global view with the boxes outlined, each crop] (D10). Single-image models follow
+        ZoomEye's code (D8/D9): each box enlarged around its centre to >= final_min_side, boxes within
+        2 * merge_buffer px merged, then one box -> crop; type-1 targets closer than t_obj_dist -> their
+        union; type-2 questions or far targets -> canvas of blocks scaled to canvas_max_crop_side.
+        """
         cfg = self.config
-        if qtype == 2:
-            boxes = []
-            for t in per_target:
-                keep = t.selected or ([t.best] if t.best is not None else [])
-                if not t.selected and t.best is not None:
+        per_box: list[tuple[int, int, int, int]] = []
+        for t in per_target:
+            if t.best is None:
+                continue
+            if t.qtype == 2:
+                if not t.selected:
                     notes.append(f"type-2: no ROI of {t.target!r} above t_type2={cfg.t_type2}; using the best one")
-                boxes += [t.rois[i].box for i in keep]
-            boxes = R.merge_overlapping(boxes)
-        else:
-            boxes = [t.rois[t.best].box for t in per_target if t.best is not None]
-        if not boxes:
+                per_box += [t.rois[i].box for i in (t.selected or [t.best])]
+            else:
+                per_box.append(t.rois[t.best].box)
+        if not per_box:
             return "whole", [image], []
         if self.mllm.multi_image:
+            boxes = R.merge_overlapping(per_box) if qtype == 2 else per_box
             return "multi-image", [highlight(image, boxes)] + [crop(image, b) for b in boxes], boxes
+        W, H = image.size
+        if cfg.final_min_side:
+            per_box = [R.enlarge_box(b, cfg.final_min_side, W, H) for b in per_box]
+        boxes = R.merge_near(per_box, cfg.merge_buffer)
+        far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(per_box, 2))
         if len(boxes) == 1:
-            return "crop", [crop(image, boxes[0])], boxes
-        far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(boxes, 2))
+            return ("union" if len(per_box) > 1 else "crop"), [crop(image, boxes[0])], boxes
         if qtype == 2 or far:
-            canvas, _ = R.compose_canvas(image, boxes, max_crop_side=cfg.canvas_max_crop_side)
+            canvas, _ = R.compose_canvas(image, boxes, max_crop_side=cfg.canvas_max_crop_side,
+                                         gap=cfg.canvas_gap)
             return "canvas", [canvas], boxes
-        return "union", [crop(image, R.union_box(boxes))], [R.union_box(boxes)]
+        u = R.union_box(boxes)
+        return "union", [crop(image, u)], [u]
 
     # ---- all together ----------------------------------------------------------------
     def answer(self, image, question: str, targets: list[str] | None = None,
@@ -241,16 +268,22 @@ class Focus:
                 notes.append(spec.note)
             per_target: list[TargetTrace] = []
             fp = 0
-            for target in spec.targets:
+            for ti, target in enumerate(spec.targets):
+                query = spec.query(ti)  # a type-2 target is asked about in the singular (ZoomEye)
                 with clock("relevance"):
-                    rel, layout, rp = self.relevance_map(image, target)
+                    rel, layout, rp = self.relevance_map(image, query)
                 fp += rp is not None
+                unk = getattr(getattr(m, "tokenizer", None), "unk_token", None)
+                if rp is not None and unk and rp.target_tokens and set(rp.target_tokens) <= {unk}:
+                    notes.append(f"target {target!r} is unknown to the model's vocabulary (only {unk}): "
+                                 "its relevance map is meaningless")
                 with clock("proposals"):
                     props = self.proposals(rel, layout)
                 tt = TargetTrace(target, rp.target_tokens if rp else [], rel, layout, props,
-                                 whole_image_yes=float(yes_confidence(rp.yes_no)) if rp else None)
+                                 whole_image_yes=float(yes_confidence(rp.yes_no)) if rp else None,
+                                 qtype=spec.type_of(ti), query=query)
                 with clock("verify"):
-                    fp += self.rank(image, tt, spec.qtype)
+                    fp += self.rank(image, tt)
                 per_target.append(tt)
             if not spec.targets:
                 notes.append("no target could be extracted from the question: answering on the whole image")
@@ -258,10 +291,12 @@ class Focus:
             with clock("answer"):
                 ans = m.generate(images, answer_prompt or question, max_new_tokens=cfg.max_new_tokens)
         calls = calls_since(m, before)
+        lr = None if cfg.map_variant == "random" or not spec.targets else cfg.resolved_layers(m.num_layers)
         return Trace(question=question, targets=spec.targets, qtype=spec.qtype, target_source=spec.source,
                      per_target=per_target, chosen_boxes=[tuple(b) for b in boxes], final_mode=mode,
                      final_size=images[0].size, answer=ans, search_fp=fp, model_calls=calls,
-                     timings=dict(clock.t), notes=notes, final_images=images)
+                     timings=dict(clock.t), notes=notes, final_images=images,
+                     layers=(lr.start, lr.stop) if lr else None)
 
     def vanilla(self, image, question: str) -> str:
         """The base model on the whole image (the paper's vanilla baseline)."""

@@ -1,7 +1,7 @@
 """Synthetic benchmarks in EACH real schema, offline and deterministic (images from focuslib.synthetic).
 
 `write_synthetic(name, root, n=8, seed=0, size=(320, 240))` writes files laid out as the real dataset
-(what `huggingface-cli download --repo-type dataset ID --local-dir root` would give), so that
+(what `hf download ID --repo-type dataset --local-dir root` would give), so that
 `load_benchmark(name, source=root)` reads them through the same code as the real data:
 
   vstar        test_questions.jsonl + <category>/syn_<i>.jpg + sibling .json          (V*Bench)
@@ -15,6 +15,9 @@
                answer, fullAnswer, isBalanced, types) + testdev_balanced_images/testdev-...parquet
                (id, image {bytes, path}); two questions per image
 
+`ensure_synthetic(name, root, n, size)` is what `focus eval --data synthetic` and the notebooks use: it
+writes atomically (temporary directory + rename, completeness marker) and rewrites a set of other settings.
+
 `corrupt=[i, ...]` replaces the image of those samples by garbage bytes (error-path tests).
 Returns the ground truth it wrote, `[{"id", "answer", "category", ...}]`, for round-trip tests.
 """
@@ -22,6 +25,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
+import shutil
 from pathlib import Path
 
 from . import synthetic as S
@@ -176,3 +182,80 @@ def write_synthetic(name: str, root, n: int | None = None, seed: int = 0, size=(
 
 
 __all__ = ["write_synthetic", "write_vstar", "write_hrbench", "write_mme", "write_aokvqa", "write_gqa"]
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic, checked writes (an interrupted generation never leaves a half-written benchmark behind)
+
+MARKER = "focuslib_synthetic.json"
+ROWS_PER_ITEM = {"hrbench_4k": 4, "hrbench_8k": 4, "gqa": 2}  # samples per generated item (permutations, questions)
+DEFAULT_N = 8
+
+
+def default_n(name: str, limit: int | None) -> int:
+    """Items to generate: enough for `limit` samples, at least DEFAULT_N."""
+    from .benchmarks import get_spec
+    per = ROWS_PER_ITEM.get(get_spec(name).name, 1)
+    return max(DEFAULT_N, -(-limit // per)) if limit else DEFAULT_N
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_synthetic(name: str, root, n: int = DEFAULT_N, seed: int = 0, size=(320, 240),
+                     log=print) -> Path:
+    """The synthetic benchmark `name` at `root`, written if missing, incomplete or of other settings.
+
+    Written into a temporary sibling directory with a completeness marker (MARKER: name, n, seed, size)
+    as its last file, then renamed into place, so a kill at any moment leaves either no benchmark or a
+    complete one. A directory without a matching marker (half-written by an older version, or other
+    settings) is replaced. Generation is prefix-stable: ids 0..k-1 are the same items for any n >= k.
+    Leftover temporary directories of dead processes are removed."""
+    from .benchmarks import get_spec
+    name = get_spec(name).name
+    root = Path(root)
+    want = {"name": name, "n": int(n), "seed": int(seed), "size": [int(size[0]), int(size[1])]}
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def current() -> dict | None:
+        try:
+            return json.loads((root / MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+    have = current()
+    if have == want:
+        return root
+    if root.exists():
+        why = "is incomplete (an interrupted generation)" if have is None else f"was made with {have}"
+        log(f"synthetic {name} at {root} {why}: writing it again with n={n}, size={size[0]}x{size[1]}")
+    if n < 1:
+        raise ValueError(f"synthetic benchmarks need n >= 1 items, got {n}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_synthetic(name, tmp, n=n, seed=seed, size=tuple(size))
+    (tmp / MARKER).write_text(json.dumps(want))
+    old = root.parent / f".{root.name}.old-{os.getpid()}"
+    if root.exists():
+        os.replace(root, old)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process put a benchmark there meanwhile: keep it if it is the one wanted
+        shutil.rmtree(tmp, ignore_errors=True)
+        if current() != want:
+            raise
+    shutil.rmtree(old, ignore_errors=True)
+    return root
+
+
+__all__ += ["ensure_synthetic", "default_n", "MARKER"]
