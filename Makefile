@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= test,eval,notebooks
 JOBS   ?= 2
 
-.PHONY: demo test install clean figures miniature miniature-report
+.PHONY: demo test install clean figures miniature miniature-report test-browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) tests
+
+# `make test-browser`: the explorer (notebooks/00_explore.ipynb) used in headless Chromium through JupyterLab
+# (tests/browser/; `make test` skips it). Installs Debian's chromium + chromium-driver (apt-get) and selenium
+# (pyproject extra "browser") when missing; screenshots go to figures/browser/ (git-ignored). ~1.5 min.
+test-browser: $(STAMP) $(KERNEL)
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+	@$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check "selenium>=4"
+	FOCUS_BROWSER=1 timeout 420 $(PY) -m pytest -q -p no:xdist -p no:cacheprovider tests/browser
 
 # `make miniature`: generate the synthetic world and train the miniature LLaVA-1.5 on this CPU (~1 h on 2 cores,
 # resumable: re-run after an interruption), ship it to data/models/ and measure it (report.md beside it).
