@@ -21,7 +21,7 @@ fallback). ViCrop's cost does not depend on its map (a fixed number of attention
 
 Per question and method: wall time per step, sequential LLM forwards (every decode step included), model
 calls and search FPs (paper accounting), tokens through the LLM (padding included), FLOPs (torch's
-FlopCounterMode over the whole question, a separate run of the same path), peak memory (CUDA max allocated
+FlopCounterMode over the whole question, during the timed run), peak memory (CUDA max allocated
 above the model; on CPU the process RSS sampled every 2 ms, above the RSS before the question). Every figure
 also as a ratio to vanilla measured in the same run.
 """
@@ -294,14 +294,16 @@ class Method:
     options: dict
 
 
-def methods(n_steps=(1, 2, 4, 8), depths=(1, 2, 5), which=("vanilla", "focus", "zoomeye", "vicrop")) -> list[Method]:
+def methods(n_steps=(1, 2, 4, 8), depths=(1, 2, 5), which=("vanilla", "focus", "zoomeye", "vicrop"),
+            no_overrun: bool = True) -> list[Method]:
     out = []
     if "vanilla" in which:
         out.append(Method("vanilla", "vanilla", {}))
     if "focus" in which:
         for n in n_steps:
             out.append(Method(f"FOCUS Steps-{n}", "focus", dict(n_steps=n, overrun=True)))
-            out.append(Method(f"FOCUS Steps-{n} w/o overrun", "focus", dict(n_steps=n, overrun=False)))
+            if no_overrun:
+                out.append(Method(f"FOCUS Steps-{n} w/o overrun", "focus", dict(n_steps=n, overrun=False)))
     if "zoomeye" in which:
         out += [Method(f"ZoomEye Depth-{d}", "zoomeye", dict(depth=d)) for d in depths]
     if "vicrop" in which:
@@ -336,7 +338,8 @@ class _Vanilla:
 
 
 def measure(mllm, method: Method, image, disc_box, device: str, flops: bool = True, reps: int = 1) -> dict:
-    """One question: FLOPs in a first run (FlopCounterMode), then `reps` timed runs (the last one reported)."""
+    """One question, `reps` runs, the last one reported; its FLOPs counted by FlopCounterMode during that run
+    (the counter's own cost is a few microseconds per op, negligible beside full-width matmuls)."""
     from focuslib.baselines.vicrop import ensure_eager
 
     switched = None
@@ -345,25 +348,29 @@ def measure(mllm, method: Method, image, disc_box, device: str, flops: bool = Tr
         ensure_eager(mllm)
     try:
         run = runner(mllm, method, disc_box)
-        total_flops = None
-        if flops:
-            from torch.utils.flop_counter import FlopCounterMode
-            with FlopCounterMode(display=False) as fc:
-                run(image, QUESTION)
-            total_flops = int(fc.get_total_flops())
         counter = LMCounter(mllm)
         try:
-            for _ in range(reps):
+            for rep in range(reps):     # the last run is reported; FLOPs are counted during it
                 counter.reset()
                 before = Counter(mllm.calls)
-                with PeakMemory(device) as mem:
-                    if device.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    tr = run(image, QUESTION)
-                    if device.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    wall = time.perf_counter() - t0
+                fc = None
+                if flops and rep == reps - 1:
+                    from torch.utils.flop_counter import FlopCounterMode
+                    fc = FlopCounterMode(display=False)
+                    fc.__enter__()
+                try:
+                    with PeakMemory(device) as mem:
+                        if device.startswith("cuda"):
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        tr = run(image, QUESTION)
+                        if device.startswith("cuda"):
+                            torch.cuda.synchronize()
+                        wall = time.perf_counter() - t0
+                finally:
+                    if fc is not None:
+                        fc.__exit__(None, None, None)
+            total_flops = int(fc.get_total_flops()) if fc is not None else None
         finally:
             counter.close()
     finally:
@@ -386,21 +393,18 @@ def map_share(mllm, image, layers_frac=None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = preset(mllm.family, "vstar")
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     with FlopCounterMode(display=False) as fc_pass:
         rp = mllm.relevance_pass(image, "ball")
+    t_pass = time.perf_counter() - t1
     layers = cfg.resolved_layers(mllm.num_layers)
     vis = rp.layout.positions.flatten()
-    t1 = time.perf_counter()
-    rp = mllm.relevance_pass(image, "ball")
-    t_pass = time.perf_counter() - t1
     with FlopCounterMode(display=False) as fc_map:
         object_relevance(rp.values, rp.target_idx, vis, layers)
     t2 = time.perf_counter()
     for _ in range(3):
         object_relevance(rp.values, rp.target_idx, vis, layers)
     t_map = (time.perf_counter() - t2) / 3
-    del t0
     return dict(seq_len=rp.seq_len, pass_s=t_pass, map_s=t_map, pass_flops=int(fc_pass.get_total_flops()),
                 map_flops=int(fc_map.get_total_flops()))
 
@@ -493,7 +497,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--attn", default="sdpa")
-    ap.add_argument("--reps", type=int, default=1, help="timed runs per method (after the FLOP-counting run)")
+    ap.add_argument("--reps", type=int, default=1, help="runs per method, the last one reported")
+    ap.add_argument("--skip-no-overrun", action="store_true", help="only the overrun variants of FOCUS")
     ap.add_argument("--no-flops", action="store_true")
     ap.add_argument("--map-8k", nargs="*", default=None, help="families for the full-depth map share at 8K")
     ap.add_argument("--out", default=None)
@@ -512,7 +517,7 @@ def main(argv=None) -> int:
         for size in a.sizes:
             image, disc = make_image(SIZES[size])
             mllm.generate_text("warm-up " * 4)      # first-call overheads (kernels, allocator) out of the figures
-            for m in methods(a.n_steps, a.depths, a.methods):
+            for m in methods(a.n_steps, a.depths, a.methods, not a.skip_no_overrun):
                 r = measure(mllm, m, image, disc, a.device, flops=not a.no_flops, reps=a.reps)
                 r.update(model=label, image=f"{size} {SIZES[size][0]}x{SIZES[size][1]}")
                 rows.append(r)

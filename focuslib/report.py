@@ -575,6 +575,104 @@ class Session:
 # executing the notebooks (make figures, tests)
 
 
+# ------------------------------------------------------------------------------------------------
+# the cost benchmark (benchmarks/bench_methods.py, issue 18)
+
+BENCH_NUMERIC = {"time [s]": "time_s", "targets": "t_targets", "map+pass": "t_map_pass",
+                 "verify/search": "t_search", "answer": "t_answer", "search FPs": "fp", "model calls": "calls",
+                 "LLM forwards": "lm_forwards", "tokens": "tokens", "TFLOPs": "tflops", "peak mem [GiB]": "mem_gb",
+                 "extra mem [GiB]": "extra_mem_gb"}
+# bench method name -> (paper method, paper setting, n_steps) in data/paper_results.csv (Tab. 13 / 14)
+BENCH_TO_PAPER = {"vanilla": ("vanilla", "-", None), "ViCrop rel-att-high": ("vicrop", "rel-att-high", None),
+                  **{f"ZoomEye Depth-{d}": ("zoomeye", f"depth-{d} (4 crops)", None) for d in (1, 2, 5)},
+                  **{f"FOCUS Steps-{n}": ("focus", "overrun", n) for n in (1, 2, 4, 8)},
+                  **{f"FOCUS Steps-{n} w/o overrun": ("focus", "no-overrun", n) for n in (1, 2, 4, 8)}}
+
+
+def read_bench_methods(paths) -> "pd.DataFrame":
+    """Rows of the markdown tables bench_methods.py writes: one per (model, image, method), numbers parsed
+    ('–' -> NaN), ratios to the same block's vanilla recomputed as `<metric>_x`; `file` = the table's name."""
+    import pandas as pd
+    rows = []
+    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+        lines = [ln for ln in Path(p).read_text().splitlines() if ln.startswith("| ")]
+        if not lines:
+            continue
+        head = [c.strip() for c in lines[0].strip("|").split("|")]
+        for ln in lines[1:]:
+            cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+            if len(cells) != len(head) or cells[0] == "model":
+                continue
+            r = {"file": Path(p).stem, "model": cells[0], "image": cells[1], "method": cells[2]}
+            for h, c in zip(head, cells):
+                if h in BENCH_NUMERIC:
+                    try:
+                        r[BENCH_NUMERIC[h]] = float(c)
+                    except ValueError:
+                        r[BENCH_NUMERIC[h]] = math.nan
+            rows.append(r)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["size"] = df["image"].str.split().str[0]
+    df["pixels"] = [math.prod(int(v) for v in im.split()[1].split("x")) for im in df["image"]]
+    van = df[df["method"] == "vanilla"].set_index(["file", "model", "image"])
+    for m in ("time_s", "tflops", "tokens", "extra_mem_gb"):
+        base = [van[m].get((f, mo, im), math.nan) for f, mo, im in zip(df["file"], df["model"], df["image"])]
+        df[m + "_x"] = df[m] / base
+    return df
+
+
+def bench_vs_paper(bench, paper, model: str = "llava-1.5-7b"):
+    """Ours (bench rows) beside the paper's Tab. 13 / 14 for the same methods: FPs, time, TFLOPs, memory and
+    time as a ratio to vanilla (ours: same run; paper: its vanilla 0.25 s etc.). Long rows in the paper schema."""
+    import pandas as pd
+    p = paper[(paper["model"] == model) & (paper["benchmark"] == "vstar") & (paper["category"] == "overall")]
+    out = []
+    p_van = p[(p["method"] == "vanilla") & (p["metric"] == "time_s")]["value"]
+    for name, (meth, setting, n) in BENCH_TO_PAPER.items():
+        sel = p[(p["method"] == meth) & (p["setting"] == setting)]
+        if n is not None:
+            sel = sel[pd.to_numeric(sel["n_steps"], errors="coerce") == n]
+        for metric in ("fp", "time_s", "tflops", "mem_gb"):
+            v = sel[sel["metric"] == metric]["value"]
+            if len(v):
+                out.append(dict(method=name, metric=metric, value=float(v.iloc[0]), source="paper (A100)"))
+        t = sel[sel["metric"] == "time_s"]["value"]
+        if len(t) and len(p_van):
+            out.append(dict(method=name, metric="time_x", value=float(t.iloc[0]) / float(p_van.iloc[0]),
+                            source="paper (A100)"))
+        for _, r in bench[bench["method"] == name].iterrows():
+            src = f"ours ({r['file']}, {r['size']})"
+            for metric, col in (("fp", "fp"), ("time_s", "time_s"), ("tflops", "tflops"), ("mem_gb", "mem_gb"),
+                                ("time_x", "time_s_x"), ("tflops_x", "tflops_x")):
+                out.append(dict(method=name, metric=metric, value=r[col], source=src))
+    df = pd.DataFrame(out)
+    return df.pivot_table(index="method", columns=["metric", "source"], values="value", aggfunc="first",
+                          sort=False).reindex([m for m in BENCH_TO_PAPER if m in set(df["method"])])
+
+
+def scaling_plot(bench, metric: str = "time_s_x"):
+    """Cost vs image size (one line per method) and FOCUS cost vs n_steps (one line per image size)."""
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, g in bench.groupby("method", sort=False):
+        if "w/o" in name:
+            continue
+        g = g.sort_values("pixels")
+        a.plot(g["pixels"] / 1e6, g[metric], marker="o", label=name)
+    a.set_xscale("log"), a.set_xlabel("image [Mpx]"), a.set_ylabel(metric)
+    a.legend(fontsize=6)
+    f = bench[bench["method"].str.match(r"FOCUS Steps-\d+$")].copy()
+    f["n_steps"] = f["method"].str.extract(r"(\d+)$")[0].astype(int)
+    for size, g in f.groupby("size"):
+        g = g.sort_values("n_steps")
+        b.plot(g["n_steps"], g[metric], marker="o", label=size)
+    b.set_xlabel("FOCUS n_steps"), b.set_ylabel(metric), b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def smoke_parameters(results_dir: str | Path, figures_dir: str | Path) -> dict:
     """papermill parameters of the smoke mode: the embedded default model, synthetic data, a few samples."""
     return {"smoke": True, "model": "tiny", "device": "cpu", "dtype": "float32", "limit": 2,
