@@ -648,8 +648,10 @@ def bench_vs_paper(bench, paper, model: str = "llava-1.5-7b"):
                                 ("time_x", "time_s_x"), ("tflops_x", "tflops_x")):
                 out.append(dict(method=name, metric=metric, value=r[col], source=src))
     df = pd.DataFrame(out)
-    return df.pivot_table(index="method", columns=["metric", "source"], values="value", aggfunc="first",
+    wide = df.pivot_table(index="method", columns=["metric", "source"], values="value", aggfunc="first",
                           sort=False).reindex([m for m in BENCH_TO_PAPER if m in set(df["method"])])
+    wide.columns = [f"{m}: {s}" for m, s in wide.columns]
+    return wide.reset_index()
 
 
 def scaling_plot(bench, metric: str = "time_s_x"):
