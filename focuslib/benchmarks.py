@@ -5,7 +5,7 @@ the hub (id, config, split or files), which column holds what, how options and t
 encoded, the prompt template given to the model, how answers are scored and which keys the
 results are aggregated by. `load_benchmark(name, source=None)` reads it from the hub
 (`datasets.load_dataset` / `huggingface_hub`) or, with `source`, from a local directory or file
-in the same schema (what `huggingface-cli download --repo-type dataset ID --local-dir DIR` gives,
+in the same schema (what `hf download ID --repo-type dataset --local-dir DIR` gives,
 or what `focuslib.synthetic_benchmarks` writes).
 
 Images are never decoded while loading: `Sample.image()` decodes on demand (HR-Bench 8K is GBs).
@@ -105,6 +105,7 @@ class BenchmarkSpec:
     categories: dict[str, str] = field(default_factory=dict)
     aggregate: tuple[str, ...] = ("category",)
     preset: str | None = None
+    hub_mirrors: tuple[str, ...] = ()    # other hub ids of the same dataset, tried in order after hub_id
     hub_files: tuple[str, ...] = ()      # files fetched with huggingface_hub (reader vstar/table)
     local_globs: tuple[str, ...] = ()    # how to find the table(s) in a local directory
     image_source: str = "column"         # column | path (relative to the data root)
@@ -166,7 +167,9 @@ _register(BenchmarkSpec(
     note="multiple choice on the validation split (the paper does not name the split)"))
 
 _register(BenchmarkSpec(
-    name="gqa", hub_id="lmms-lab/GQA", config="testdev_balanced_instructions", split="testdev", reader="gqa",
+    # lmms-eval moved GQA to lmms-lab-encoder/GQA (2026-07) "to relieve storage pressure": both are accepted
+    name="gqa", hub_id="lmms-lab/GQA", hub_mirrors=("lmms-lab-encoder/GQA",), config="testdev_balanced_instructions",
+    split="testdev", reader="gqa",
     fields=dict(id="id", question="question", answer="answer", image="image", join="imageId",
                 image_id="id", category="types"),
     options=(), answer="text", prompt="{question}\nAnswer the question using a single word or phrase.",
@@ -183,6 +186,8 @@ def get_spec(name: str | BenchmarkSpec) -> BenchmarkSpec:
     if isinstance(name, BenchmarkSpec):
         return name
     key = ALIASES.get(name.lower(), name.lower())
+    by_id = {i.lower(): s.name for s in BENCHMARKS.values() for i in (s.hub_id, *s.hub_mirrors)}
+    key = by_id.get(key, key)   # a hub id (either GQA id) names its benchmark too
     if key not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
     return BENCHMARKS[key]
@@ -231,8 +236,8 @@ def decode_image(value, root: Path | None = None) -> Image.Image:
 
 def _offline_help(spec: BenchmarkSpec) -> str:
     cfg = f" --include '{spec.config}/*'" if spec.config else ""
-    return (f"On a machine without network: on a connected machine run `huggingface-cli download --repo-type "
-            f"dataset {spec.hub_id}{cfg} --local-dir DIR`, copy DIR over and pass it as the source "
+    return (f"On a machine without network: on a connected machine run `hf download {spec.hub_id} --repo-type "
+            f"dataset{cfg} --local-dir DIR`, copy DIR over and pass it as the source "
             f"(`focus eval --data DIR`, `load_benchmark('{spec.name}', source=DIR)`).")
 
 
@@ -286,17 +291,22 @@ class _Table:
     @classmethod
     def from_hub(cls, spec: BenchmarkSpec, image_cols: set[str], config: str | None = None,
                  split: str | None = None) -> "_Table":
-        try:
-            import datasets
-            ds = datasets.load_dataset(spec.hub_id, config or spec.config, split=split or spec.split)
-        except Exception as e:  # offline, gated, renamed ...
-            raise _unreachable(spec, e) from e
+        import datasets
+        errors = []
+        for hub_id in (spec.hub_id, *spec.hub_mirrors):   # e.g. GQA: lmms-lab/GQA, then lmms-lab-encoder/GQA
+            try:
+                ds = datasets.load_dataset(hub_id, config or spec.config, split=split or spec.split)
+                break
+            except Exception as e:  # offline, gated, renamed ...
+                errors.append(e)
+        else:
+            raise _unreachable(spec, errors[0]) from errors[-1]
         present = [c for c in image_cols if c in ds.column_names]
         for c in present:
             if isinstance(ds.features[c], datasets.Image):
                 ds = ds.cast_column(c, datasets.Image(decode=False))  # keep bytes; decode lazily
         df = ds.remove_columns(present).to_pandas()
-        return cls(df, lambda i, c: ds[i][c], f"hub:{spec.hub_id}")
+        return cls(df, lambda i, c: ds[i][c], f"hub:{hub_id}")
 
     def require(self, spec: BenchmarkSpec, cols) -> None:
         have = set(self.df.columns)

@@ -107,7 +107,7 @@ class LLMJudge:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, device)).to(device).eval()
         except OSError as e:
             raise RuntimeError(f"cannot load the judge {name!r}: {e}. Download it on a connected machine "
-                               "(huggingface-cli download ...) and pass its local path.") from e
+                               f"(`hf download {name} --local-dir DIR`) and pass its local path.") from e
 
         @torch.no_grad()
         def generate(prompt: str) -> str:

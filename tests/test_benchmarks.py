@@ -109,7 +109,8 @@ def test_unreachable_hub_says_what_to_do(name, monkeypatch):
     with pytest.raises(BenchmarkError) as e:
         load_benchmark(name)
     msg = str(e.value)
-    assert get_spec(name).hub_id in msg and "huggingface-cli download --repo-type dataset" in msg
+    assert get_spec(name).hub_id in msg and f"hf download {get_spec(name).hub_id} --repo-type dataset" in msg
+    assert "huggingface-cli" not in msg   # gone from the pinned huggingface_hub (issue 13)
 
 
 def test_missing_local_source(tmp_path):

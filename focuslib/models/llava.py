@@ -7,6 +7,8 @@ and each cell maps back through the padding to a box of the original image.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from PIL import Image
 
@@ -14,12 +16,41 @@ from ..images import pad_to_square
 from .base import MLLM, TokenLayout
 
 
+def fix_processor(processor, config) -> list[str]:
+    """Fill the processor fields an older llava-hf snapshot lacks; returns what was fixed.
+
+    Older llava-1.5 `processor_config.json` files have no `num_additional_image_tokens`: transformers then
+    assumes 0 and expands `<image>` to (336/14)^2 - 1 = 575 tokens while the model emits 576 features
+    ("expected 576 image tokens, found 575"). LLaVA-1.5's CLIP tower always prepends the CLS token (which
+    the "default" strategy drops), so the right value is 1. Missing `patch_size` / strategy come from the
+    model config, which is what the processor must agree with.
+    """
+    fixed = []
+    vc = config.vision_config
+    if getattr(processor, "patch_size", None) is None:
+        processor.patch_size = int(vc.patch_size)
+        fixed.append(f"patch_size={processor.patch_size}")
+    if getattr(processor, "vision_feature_select_strategy", None) is None:
+        processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+        fixed.append(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}")
+    if getattr(vc, "model_type", "") == "clip_vision_model" and not getattr(processor, "num_additional_image_tokens", 0):
+        processor.num_additional_image_tokens = 1   # the CLS token
+        fixed.append("num_additional_image_tokens=1")
+    if fixed:
+        warnings.warn("llava processor config is from an older snapshot; set " + ", ".join(fixed), stacklevel=3)
+    return fixed
+
+
 class LlavaAdapter(MLLM):
     family = "llava-1.5"
     multi_image = False
 
-    def __init__(self, model, processor, name: str = ""):
+    def __init__(self, model, processor, name: str = "", system: str | None = None):
+        """system: the chat format's system line (default config.SYSTEM_LINES: vicuna_v1's; "" = none)."""
+        from ..config import SYSTEM_LINES
         super().__init__(model, processor, name)
+        self.system = SYSTEM_LINES[self.family] if system is None else system
+        self.processor_fixes = fix_processor(processor, model.config)
         ip = processor.image_processor
         self.fill = tuple(int(round(x * 255)) for x in ip.image_mean)
         crop = getattr(ip, "crop_size", None) or {}
@@ -29,8 +60,10 @@ class LlavaAdapter(MLLM):
         self.image_token_id = model.config.image_token_id
 
     def prompt(self, text: str, n_images: int) -> str:
-        # the llava-hf model card's format for llava-1.5
-        return "USER: " + "<image>\n" * n_images + text + " ASSISTANT:"
+        # LLaVA's vicuna_v1 conversation (lmms-eval / ZoomEye, decisions.md D-RC2) = the llava-hf chat template
+        # ("USER: <image>\n{text} ASSISTANT:") with the system line in front
+        system = self.system + " " if self.system else ""
+        return system + "USER: " + "<image>\n" * n_images + text + " ASSISTANT:"
 
     @property
     def decoder_layers(self):

@@ -14,10 +14,15 @@ patch of a tile is given the 6 uncovered px) -> the aspect-kept resize to the be
 centred padding (`get_patch_output_size`, `_get_padding_size`) -> original pixels. A downsized grid's
 cell covers its share of the unpadded canvas (bilinear, align_corners=False, mixes neighbours).
 
-Several images in ONE prompt (the final interleaved answer): a nested list makes the processor and the
-model treat them as multi-image, i.e. each image padded to square and encoded as ONE 384 view (729 + 1
-newline tokens, no tiles), as LLaVA-OV was trained for multi-image input; `interleave="anyres"` passes
-them flat instead so every image gets its own anyres tiling (decisions.md D10).
+Several images in ONE prompt (the final interleaved answer), `interleave` (default `config.INPUTS`):
+  "anyres" (default, the paper's): every image gets its own anyres tiling (729 + h_f * (w_f + 1) tokens),
+      as transformers 4.46 (the paper's version, A.1) processed a multi-image OV prompt. In 5.23 the
+      image processor and `get_image_features` tile an image only if its prompt holds exactly one
+      (`need_patching = [n == 1 for n in batch_num_images ...]`), so the images go FLAT to the
+      processor: `batch_num_images = [1, 1, ...]`, each tiled, consumed in placeholder order.
+  "native": a nested list = OV's multi-image mode since transformers PR 38084: each image padded to
+      square and encoded as ONE 384 view (729 + 1 newline tokens, no tiles).
+Token counts of both on HR-8K-sized inputs: benchmarks/results_ov_tokens.md (decisions.md D10).
 """
 from __future__ import annotations
 
@@ -70,13 +75,16 @@ class OneVisionAdapter(MLLM):
     answer_prefix = ""   # the answer starts right after "<|im_start|>assistant\n"
 
     def __init__(self, model, processor, name: str = "", vision_aspect_ratio: str | None = None,
-                 image_grid_pinpoints=None, interleave: str = "native"):
+                 image_grid_pinpoints=None, interleave: str | None = None, system: str | None = None):
         """vision_aspect_ratio: "anyres_max_N" (default: the checkpoint's, anyres_max_9 for OV-7B);
         image_grid_pinpoints: list of (h, w) tile canvases (default: the checkpoint's). Both are written
         into the model config AND the processor so token counts and features stay consistent.
-        interleave: "native" (several images in one prompt = OV's multi-image mode, 730 tokens each) or
-        "anyres" (each image tiled as if alone)."""
+        interleave: several images in one prompt: "anyres" (each tiled as if alone, the paper's
+        transformers 4.46 behaviour; default, config.INPUTS) or "native" (OV's multi-image mode, 730 each). system: the chat format's system line (default
+        config.SYSTEM_LINES, "" = none)."""
+        from ..config import SYSTEM_LINES
         super().__init__(model, processor, name)
+        self.system = SYSTEM_LINES[self.family] if system is None else system
         cfg = model.config
         if vision_aspect_ratio is not None:
             if not vision_aspect_ratio.startswith("anyres_max_"):
@@ -86,6 +94,8 @@ class OneVisionAdapter(MLLM):
             cfg.image_grid_pinpoints = [list(p) for p in image_grid_pinpoints]
         processor.vision_aspect_ratio = cfg.vision_aspect_ratio
         processor.image_processor.image_grid_pinpoints = [list(p) for p in cfg.image_grid_pinpoints]
+        from ..config import INPUTS
+        interleave = INPUTS[self.family]["interleave"] if interleave is None else interleave
         if interleave not in ("native", "anyres"):
             raise ValueError("interleave must be 'native' or 'anyres'")
         self.interleave = interleave
@@ -98,12 +108,15 @@ class OneVisionAdapter(MLLM):
         self.extra = 1 if cfg.vision_feature_select_strategy == "default" else 0  # tokens dropped per view
 
     @classmethod
-    def load_processor(cls, name: str):
-        return processor_class().from_pretrained(name)
+    def load_processor(cls, name: str, **kw):
+        return processor_class().from_pretrained(name, **kw)
 
     def prompt(self, text: str, n_images: int) -> str:
-        # the llava-hf OV chat template (images first, then "\n" + text), add_generation_prompt=True
-        return "<|im_start|>user\n" + "<image>" * n_images + "\n" + text + "<|im_end|>\n<|im_start|>assistant\n"
+        # LLaVA's qwen_1_5 conversation (lmms-eval / ZoomEye): system turn, images first, then "\n" + text,
+        # ending where the answer starts (decisions.md D-RC2)
+        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
+        return (system + "<|im_start|>user\n" + "<image>" * n_images + "\n" + text
+                + "<|im_end|>\n<|im_start|>assistant\n")
 
     @property
     def decoder_layers(self):
@@ -114,11 +127,11 @@ class OneVisionAdapter(MLLM):
         n = [len(ims) for ims in images]
         if not any(n):
             imgs = None
-        elif self.interleave == "anyres" and len(images) == 1:
-            imgs = list(images[0])            # flat: batch_num_images = [1, 1, ...] -> each image tiled
+        elif any(k == 0 for k in n):
+            raise ValueError("every prompt of a batch needs at least one image")
+        elif self.interleave == "anyres":
+            imgs = [im for ims in images for im in ims]   # flat: batch_num_images = [1, 1, ...] -> all tiled
         else:
-            if any(k == 0 for k in n):
-                raise ValueError("every prompt of a batch needs at least one image")
             imgs = [list(ims) for ims in images]   # nested: one image -> anyres, several -> multi-image
         return self.processor(images=imgs, text=texts, return_tensors="pt", padding=True, **kw)
 
@@ -162,8 +175,14 @@ class OneVisionAdapter(MLLM):
         xs = ((xs - px) * W / nw).clamp(0, W)
         return (fh, fw), ys, xs, dict(tiles=(rows, cols), unpadded=(uh, uw), downsized=ratio > 1.1)
 
+    def final_input_tokens(self, sizes: list[tuple[int, int]]) -> int:
+        """Image tokens of one prompt holding images of `sizes` (W, H) under this adapter's `interleave`."""
+        multi = len(sizes) > 1 and self.interleave == "native"
+        return sum(self.num_image_tokens(sz, multi=multi) for sz in sizes)
+
     def num_image_tokens(self, image_size: tuple[int, int], multi: bool = False) -> int:
-        """Tokens of one image: alone (anyres) or inside a multi-image prompt (one view + newline)."""
+        """Tokens of one image: alone / anyres-interleaved, or as OV's native multi-image view
+        (`multi=True`: one 384 view + newline)."""
         base = self.g * self.g - self.extra
         if multi:
             return base + 1

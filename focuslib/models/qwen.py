@@ -10,7 +10,10 @@ the whole merged grid is the relevance grid. The 3-D rope ids (`get_rope_index`)
 (row, col) independently and are used as a cross-check in the tests (`rope_cells`).
 
 min_pixels / max_pixels are adapter settings passed to the processor on EVERY call (as `size`), so the
-layout and the processor can never disagree.
+layout and the processor can never disagree. Default: `config.INPUTS["qwen2.5-vl"]`, the real checkpoint's
+preprocessor_config.json values, min_pixels 3136 and max_pixels 12845056 (= 28*28*16384, NOT 28*28*1280):
+a V*Bench image (2246x1582) is kept at native resolution, a 56 x 80 grid = 4480 tokens; a 3840x2160 HR-4K
+image 77 x 137 = 10549; an HR-8K image (7431x5358) is shrunk to 108 x 150 = 16200 (decisions.md D13).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from PIL import Image
 
 from .base import MLLM, TokenLayout
 
-SYSTEM = "You are a helpful assistant."   # Qwen2.5-VL chat template's default system turn
+SYSTEM = "You are a helpful assistant."   # Qwen2.5-VL chat template's default system turn (config.SYSTEM_LINES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,14 +46,16 @@ class QwenVLAdapter(MLLM):
     answer_prefix = ""   # the answer starts right after "<|im_start|>assistant\n"
 
     def __init__(self, model, processor, name: str = "", min_pixels: int | None = None,
-                 max_pixels: int | None = None):
-        """min_pixels / max_pixels: bounds of smart_resize (default: the checkpoint's processor,
-        56*56 and 28*28*1280 for Qwen2.5-VL-7B-Instruct)."""
+                 max_pixels: int | None = None, system: str | None = None):
+        """min_pixels / max_pixels: bounds of smart_resize (default: `config.INPUTS["qwen2.5-vl"]`, the
+        values the preset is tuned for = Qwen2.5-VL-7B-Instruct's own, 3136 and 12845056), whatever the
+        checkpoint's processor config says."""
+        from ..config import INPUTS, SYSTEM_LINES
         super().__init__(model, processor, name)
-        ip = processor.image_processor
-        size = ip.size
-        self.min_pixels = int(min_pixels if min_pixels is not None else size["shortest_edge"])
-        self.max_pixels = int(max_pixels if max_pixels is not None else size["longest_edge"])
+        self.system = SYSTEM_LINES[self.family] if system is None else system   # "" = no system turn
+        default = INPUTS[self.family]
+        self.min_pixels = int(min_pixels if min_pixels is not None else default["min_pixels"])
+        self.max_pixels = int(max_pixels if max_pixels is not None else default["max_pixels"])
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         vc = model.config.vision_config
@@ -59,12 +64,13 @@ class QwenVLAdapter(MLLM):
         self.image_token_id = model.config.image_token_id
 
     @classmethod
-    def load_processor(cls, name: str):
-        return processor_class().from_pretrained(name)
+    def load_processor(cls, name: str, **kw):
+        return processor_class().from_pretrained(name, **kw)
 
     def prompt(self, text: str, n_images: int) -> str:
         # Qwen2.5-VL chat template with its default system turn, add_generation_prompt=True
-        return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
+        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
+        return (system + "<|im_start|>user\n"
                 + "<|vision_start|><|image_pad|><|vision_end|>" * n_images
                 + text + "<|im_end|>\n<|im_start|>assistant\n")
 
