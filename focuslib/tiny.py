@@ -194,14 +194,15 @@ def build_tiny_onevision(path: str | Path, seed: int = 0, text_layers: int = 4, 
 
 def build_tiny_qwen25vl(path: str | Path, seed: int = 0, text_layers: int = 4, hidden: int = 64,
                         heads: int = 4, kv_heads: int = 2, vision_hidden: int = 32,
-                        min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> Path:
+                        min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 16384) -> Path:
     """Save a tiny random-weight Qwen2.5-VL (real processor settings) at `path`.
 
     Real settings of Qwen/Qwen2.5-VL-7B-Instruct: patch 14, temporal patch 2, spatial merge 2 (one LLM
-    token per 28 x 28 resized pixels), smart_resize within [min_pixels, max_pixels] (defaults 56*56 and
-    28*28*1280), CLIP mean/std, bicubic, 3-D mrope (sections scaled to the tiny head size). The vision
-    tower has depth 0 (no windowed/full attention block): patch embedding -> 2x2 merger MLP, so each LLM
-    visual token depends only on its own 28 x 28 pixels.
+    token per 28 x 28 resized pixels), smart_resize within [min_pixels, max_pixels] (defaults 3136 = 56*56
+    and 12845056 = 28*28*16384, as the checkpoint's preprocessor_config.json), CLIP mean/std, bicubic,
+    3-D mrope (sections scaled to the tiny head size). The vision tower has depth 0 (no windowed/full
+    attention block): patch embedding -> 2x2 merger MLP, so each LLM visual token depends only on its own
+    28 x 28 pixels.
     """
     import transformers as T
 

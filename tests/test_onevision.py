@@ -191,26 +191,54 @@ def test_trace_fp_and_interleaved_final_input(tiny_ov, monkeypatch):
     assert tr.search_fp == 1 + 3 and tr.model_calls["verify_crops"] == 3 and tr.model_calls["relevance"] == 1
     assert state["batches"] == [2, 1]
     assert all(0 <= r.box[0] < r.box[2] <= 700 and 0 <= r.box[1] < r.box[3] <= 500 for r in t.rois)
-    # final input: global view with the box outlined + the crop, as OV multi-image (729 + newline each)
+    # final input: global view with the box outlined + the crop, EACH anyres-tiled (default, transformers 4.46)
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 2
     assert tr.final_images[0].size == img.size and tr.final_images[1].size == (
         t.rois[2].box[2] - t.rois[2].box[0], t.rois[2].box[3] - t.rois[2].box[1])
     images, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]   # the final answer's input
     assert len(images) == 1 and len(images[0]) == 2 and texts[0].count("<image>") == 2
-    assert int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == 2 * 730
-    assert inputs["pixel_values"].shape[1] == 1 and inputs["batch_num_images"].tolist() == [2]
+    want = sum(tiny_ov.num_image_tokens(im.size) for im in tr.final_images)
+    assert int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == want > 2 * 730
+    assert inputs["pixel_values"].shape[1] > 1 and inputs["batch_num_images"].tolist() == [1, 1]
     json.dumps(tr.summary())
 
 
-def test_interleave_anyres_tiles_every_image(tiny_ov):
+def test_interleave_anyres_is_the_default_native_an_option(tiny_ov):
     g, c = Image.new("RGB", (700, 500)), Image.new("RGB", (200, 120))
-    m = OneVisionAdapter(tiny_ov.model, tiny_ov.processor, interleave="anyres")
+    assert tiny_ov.interleave == "anyres"
+    m = OneVisionAdapter(tiny_ov.model, tiny_ov.processor, interleave="native")
     text = m.prompt("What?", 2)
-    n = int((m.build_inputs([[g, c]], [text])["input_ids"] == m.image_token_id).sum())
-    assert n == m.num_image_tokens(g.size) + m.num_image_tokens(c.size) > 2 * 730
+    n = int((tiny_ov.build_inputs([[g, c]], [text])["input_ids"] == m.image_token_id).sum())
+    assert n == m.num_image_tokens(g.size) + m.num_image_tokens(c.size) == tiny_ov.final_input_tokens([g.size, c.size])
+    assert n > 2 * 730
+    assert isinstance(tiny_ov.generate([g, c], "What?", max_new_tokens=2), str)   # the model takes the flat form
+    native = int((m.build_inputs([[g, c]], [text])["input_ids"] == m.image_token_id).sum())
+    assert native == 2 * m.num_image_tokens(g.size, multi=True) == m.final_input_tokens([g.size, c.size]) == 1460
     assert isinstance(m.generate([g, c], "What?", max_new_tokens=2), str)
-    native = int((tiny_ov.build_inputs([[g, c]], [text])["input_ids"] == m.image_token_id).sum())
-    assert native == 2 * tiny_ov.num_image_tokens(g.size, multi=True) == 1460
+    # a batch of multi-image prompts: each prompt's images tiled, consumed in placeholder order
+    inputs = tiny_ov.build_inputs([[g, c], [c, g, c]], [text, tiny_ov.prompt("What?", 3)])
+    counts = (inputs["input_ids"] == tiny_ov.image_token_id).sum(-1).tolist()
+    assert counts == [n, n + tiny_ov.num_image_tokens(c.size)]
+    with pytest.raises(ValueError):
+        OneVisionAdapter(tiny_ov.model, tiny_ov.processor, interleave="tiles")
+
+
+def test_final_input_tokens_on_hr8k_sizes(tiny_ov):
+    """benchmarks/bench_ov_tokens.py's measurement on the tiny OV model (real processor settings): a
+    7431x5358 global view plus a 774x788 crop (an s_max=5 ROI of the HR-Bench preset) is 7257 + 7209
+    tokens with anyres interleave and 2 x 730 in OV's native multi-image mode."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_ov_tokens import HR8K, count, crop_sizes
+    native = OneVisionAdapter(tiny_ov.model, tiny_ov.processor, interleave="native")
+    crops = crop_sizes(tiny_ov)
+    assert crops["ROI s_max=5"] == (774, 788) and crops["ROI s_min=3"] == (464, 473)
+    assert tiny_ov.num_image_tokens(HR8K) == 7257 and tiny_ov.num_image_tokens((774, 788)) == 7209
+    assert count(tiny_ov, [HR8K, (774, 788)]) == 7257 + 7209 == 14466      # processor == formula inside count
+    assert count(native, [HR8K, (774, 788)]) == 2 * 730
+    table = (Path(__file__).resolve().parent.parent / "benchmarks" / "results_ov_tokens.md").read_text()
+    assert "| type-1, one target: global + s_max crop | 7431x5358, 774x788 | 14466 | 1460 | 7939 |" in table
 
 
 def _hot(cells):
@@ -234,7 +262,8 @@ def test_multi_target_gives_global_view_plus_each_crop(tiny_ov, monkeypatch):
     for b in boxes:   # every chosen box is outlined in red on the global view
         assert (g[b[1], b[0] + 5] == (255, 0, 0)).all()
     _, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]
-    assert texts[0].count("<image>") == 3 and int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == 3 * 730
+    want = tiny_ov.final_input_tokens([im.size for im in tr.final_images])
+    assert texts[0].count("<image>") == 3 and int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == want
 
 
 def test_type2_selects_all_confident_rois(tiny_ov, monkeypatch):

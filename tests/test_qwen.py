@@ -96,7 +96,7 @@ def test_trace_fp_and_interleaved_final_input(tiny_qwen, monkeypatch):
     f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=2, k=12))
     tr = f.answer(img, Q, targets=["red car"])
     t = tr.per_target[0]
-    assert t.map.shape == t.layout.shape == tiny_qwen.grid_layout(img).shape    # preset: no pooling
+    assert t.map.shape == t.layout.shape == tiny_qwen.grid_layout(img).pooled(2).shape    # preset: pooled 2x
     assert abs(float(t.map.sum()) - 1) < 1e-5
     assert len(t.verified) == 2 and t.best == 1 and tr.search_fp == 3 and state["batches"] == [2]
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 2 and tr.final_images[0].size == img.size
@@ -110,14 +110,14 @@ def test_trace_fp_and_interleaved_final_input(tiny_qwen, monkeypatch):
 
 def test_multi_target_and_type2(tiny_qwen, monkeypatch):
     img = Image.new("RGB", (1400, 560), (50, 50, 50))
-    f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=1, overrun=False), map_hook=_hot({"cat": (3, 3), "dog": (10, 30)}))
+    f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=1, overrun=False), map_hook=_hot({"cat": (3, 3), "dog": (8, 20)}))
     tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 3 and tr.search_fp == 2
     assert tr.chosen_boxes == [t.rois[t.best].box for t in tr.per_target]
     fake, _ = scripted(tiny_qwen, {0, 2})
     monkeypatch.setattr(tiny_qwen, "existence_logits", fake)
     f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=2, k=6))
-    tr = f.answer(_noise(600, 600, seed=4), "How many birds are in the image?", targets=["all birds"])
+    tr = f.answer(_noise(1400, 1000, seed=4), "How many birds are in the image?", targets=["all birds"])
     t = tr.per_target[0]
     assert tr.qtype == 2 and len(t.verified) == len(t.rois) > 2 and t.selected == [0, 2]
     assert tr.search_fp == 1 + len(t.rois)
@@ -143,3 +143,50 @@ def test_focus_ask_cli(tiny_qwen_path, tmp_path, capsys):
                "What is the color of the kite?", "--n-steps", "2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0 and "qwen2.5-vl" in out and "RANDOM weights" in out and "answer:" in out
+
+
+# (W, H) of typical benchmark images (paper Tab. 8 averages; a 16:9 4K frame) -> merged grid at the real cap
+REAL_GRIDS = {"vstar": ((2246, 1582), (56, 80)), "hrbench_4k": ((4024, 3503), (119, 137)),
+              "hrbench_4k_16x9": ((3840, 2160), (77, 137)), "hrbench_8k": ((7431, 5358), (108, 150)),
+              "mme_rw_lite": ((2836, 1566), (56, 101))}
+
+
+def test_default_pixel_bounds_are_the_checkpoints(tiny_qwen, tiny_qwen_path):
+    """Qwen2.5-VL-7B-Instruct's preprocessor_config.json: min_pixels 3136, max_pixels 12845056 (not
+    28*28*1280 = 1003520, which gives V*Bench a 30 x 42 grid instead of 56 x 80)."""
+    from focuslib.config import INPUTS
+    assert (tiny_qwen.min_pixels, tiny_qwen.max_pixels) == (3136, 12845056) == tuple(INPUTS["qwen2.5-vl"].values())
+    saved = json.loads((tiny_qwen_path / "processor_config.json").read_text())["image_processor"]["size"]
+    assert (saved["shortest_edge"], saved["longest_edge"]) == (3136, 12845056)     # the tiny builder's default
+    for size, grid in REAL_GRIDS.values():
+        W, H = size
+        Wr, Hr = tiny_qwen.resized_size(size)
+        assert (Hr // 28, Wr // 28) == grid and tiny_qwen.num_image_tokens(size) == grid[0] * grid[1]
+    assert tiny_qwen.num_image_tokens((2246, 1582)) == 4480 and tiny_qwen.num_image_tokens((7431, 5358)) == 16200
+    # the processor agrees (size is passed on every call): a real HR-8K-sized image through the processor
+    assert tiny_qwen.grid_layout(Image.new("RGB", (7431, 5358))).shape == (108, 150)
+
+
+@pytest.mark.parametrize("bench", sorted(REAL_GRIDS))
+def test_preset_crop_spans_1_to_2x_base_resolution(tiny_qwen, bench):
+    """A.3: s_max such that the largest ROI spans ~1-2x the encoder's base resolution; for Qwen2.5-VL we take
+    ZoomEye's 448 px Qwen input size. Checked on the real grid of each benchmark's typical image."""
+    size, _ = REAL_GRIDS[bench]
+    cfg = preset("qwen2.5-vl", bench.rsplit("_16x9", 1)[0], n_steps=8)
+    Wr, Hr = tiny_qwen.resized_size(size)
+    cell = cfg.downsample * 28 * max(size[0] / Wr, size[1] / Hr)       # pooled cell side in original px
+    assert 448 <= cfg.s_max * cell <= 2 * 448, (bench, cfg.s_max, cell)
+    assert cfg.s_min * cell >= 56     # the smallest ROI is still a few merged patches wide
+
+
+def test_cli_max_pixels_reaches_the_adapter(tiny_qwen_path, tmp_path, monkeypatch, capsys):
+    import focuslib.models as models
+    from focuslib.cli import main
+    seen = []
+    real = models.load_mllm
+    monkeypatch.setattr(models, "load_mllm", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    img = tmp_path / "img.png"
+    _noise(1000, 330).save(img)
+    assert main(["ask", "--model", str(tiny_qwen_path), "--image", str(img), "--question", "Is the kite red?",
+                 "--targets", "kite", "--n-steps", "1", "--device", "cpu", "--max-pixels", str(SMALL)]) == 0
+    assert seen[-1].max_pixels == SMALL and seen[-1].grid_layout(_noise(1000, 330)).shape == (3, 12)

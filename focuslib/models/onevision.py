@@ -80,8 +80,8 @@ class OneVisionAdapter(MLLM):
         image_grid_pinpoints: list of (h, w) tile canvases (default: the checkpoint's). Both are written
         into the model config AND the processor so token counts and features stay consistent.
         interleave: several images in one prompt: "anyres" (each tiled as if alone, the paper's
-        transformers 4.46 behaviour; default, config.INPUTS) or "native" (OV's multi-image mode, 730 each). system: the chat format's system line (default
-        config.SYSTEM_LINES, "" = none)."""
+        transformers 4.46 behaviour; default, config.INPUTS) or "native" (OV's multi-image mode, 730 each).
+        system: the chat format's system line (default config.SYSTEM_LINES, "" = none)."""
         from ..config import SYSTEM_LINES
         super().__init__(model, processor, name)
         self.system = SYSTEM_LINES[self.family] if system is None else system
