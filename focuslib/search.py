@@ -238,7 +238,7 @@ class Focus:
         boxes = R.merge_near(per_box, cfg.merge_buffer)
         far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(per_box, 2))
         if len(boxes) == 1:
-            return ("union" if len(per_box) > 1 else "crop"), [crop(image, boxes[0])], boxes
+            return ("union" if qtype == 1 and len(per_box) > 1 else "crop"), [crop(image, boxes[0])], boxes
         if qtype == 2 or far:
             canvas, _ = R.compose_canvas(image, boxes, max_crop_side=cfg.canvas_max_crop_side,
                                          gap=cfg.canvas_gap)

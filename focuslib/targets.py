@@ -28,10 +28,19 @@ class TargetSpec:
     """The target objects of one question and how they were obtained."""
 
     targets: list[str] = field(default_factory=list)
-    qtype: int = 1  # 1 = single instance(s); 2 = all instances of a type (counting, "all the X")
+    qtype: int = 1  # 1 = single instance(s); 2 = some target is about all instances of a type (counting)
+    types: list[int] = field(default_factory=list)  # per target, as ZoomEye decides it (decisions.md D8)
     source: str = "none"  # "icl" | "keyword" | "user" | "none"
     raw: str = ""  # the model's raw continuation, "" when no model was asked
     note: str = ""  # human-readable why (fallback reason, dropped targets, ...)
+
+    def type_of(self, i: int) -> int:
+        """Type of target i: 2 = every instance matters (verify all ROIs), 1 = one instance."""
+        return self.types[i] if i < len(self.types) else self.qtype
+
+    def query(self, i: int) -> str:
+        """The name the existence prompt uses: a type-2 target in the singular ("Is there a bicycle")."""
+        return singular_phrase(self.targets[i]) if self.type_of(i) == 2 else self.targets[i]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,19 +156,21 @@ def parse_targets(text: str) -> Optional[TargetSpec]:
         return None
     line = re.sub(r"^targets?\s*:\s*", "", line, flags=re.I)  # model repeated the cue
     targets: list[str] = []
-    seen: set[str] = set()
-    qtype = 1
+    types: list[int] = []
     for piece in _SPLIT.split(line):
         name, is_all = _clean_piece(piece)
         if not name:
             continue
-        qtype = 2 if is_all else qtype
-        if name.lower() not in seen:
-            seen.add(name.lower())
+        low = [t.lower() for t in targets]
+        if name.lower() not in low:
             targets.append(name)
+            types.append(2 if is_all else 1)
+        elif is_all:
+            types[low.index(name.lower())] = 2
     if not targets:
         return None
-    return TargetSpec(targets=targets, qtype=qtype, source="icl", raw=text, note="in-context learning")
+    return TargetSpec(targets=targets, qtype=max(types), types=types, source="icl", raw=text,
+                      note="in-context learning")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,7 +287,9 @@ def keyword_targets(question: str) -> TargetSpec:
         found = [np_ for np_ in (_noun_phrase(m.group(g)) for g in groups) if np_]
         if found:
             targets = list(dict.fromkeys(found))  # dedupe, keep order
-            return TargetSpec(targets=targets, qtype=qtype, source="keyword", raw="", note=note)
+            types = _keyword_types(q, targets) if qtype == 2 else [1] * len(targets)
+            return TargetSpec(targets=targets, qtype=max(types), types=types, source="keyword", raw="",
+                              note=note)
     return TargetSpec(targets=[], qtype=qtype, source="none", raw="", note=note + ": no target found")
 
 
@@ -293,8 +306,78 @@ def _singular(word: str) -> str:
     return word
 
 
+_WORD = re.compile(r"[a-z0-9]+(?:['\u2019][a-z]+)?")
+
+
 def _words(text: str) -> list[str]:
-    return [_singular(w) for w in re.findall(r"[a-z0-9]+(?:['\u2019][a-z]+)?", text.lower())]
+    return [_singular(w) for w in _WORD.findall(text.lower())]
+
+
+# a counting cue right before a noun phrase: "how many", "number of the", "all", "every", "count" + <= 2 words
+_COUNT_CUE = re.compile(
+    r"\b(?:how\s+many|number\s+of|count(?:ing)?|all|every|each)\s+(?:of\s+)?(?:the\s+)?(?:[\w'\-]+\s+){0,2}$",
+    re.I)
+
+
+def _counted(target: str, question: str) -> bool:
+    """True if a counting cue governs `target`'s first occurrence in `question` ("how many X ...")."""
+    t = _words(target)
+    spans = list(_WORD.finditer(question.lower()))
+    q = [_singular(m.group()) for m in spans]
+    for i in range(len(q) - len(t) + 1):
+        if t and q[i : i + len(t)] == t:
+            return bool(_COUNT_CUE.search(question[: spans[i].start()]))
+    return False
+
+
+def _keyword_types(question: str, targets: Sequence[str]) -> list[int]:
+    """Per-target types for a question with a counting cue: type 2 only for the targets it governs
+    ("how many X are left of the Y": X is 2, Y is 1); if the cue governs none, all are type 2."""
+    types = [2 if _counted(t, question) else 1 for t in targets]
+    return types if 2 in types else [2] * len(targets)
+
+
+_IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
+              "geese": "goose", "feet": "foot", "teeth": "tooth", "knives": "knife", "leaves": "leaf",
+              "shelves": "shelf", "wolves": "wolf", "buses": "bus", "lives": "life", "halves": "half",
+              "wives": "wife", "calves": "calf", "loaves": "loaf", "thieves": "thief", "dice": "die",
+              "movies": "movie", "cookies": "cookie", "zombies": "zombie", "hoodies": "hoodie"}
+_INVARIANT = {"sheep", "fish", "deer", "series", "species", "aircraft", "glasses", "pants", "jeans", "scissors",
+              "shorts", "trousers", "clothes", "news", "bus", "gas", "grass", "glass", "class", "dress", "chess",
+              "tennis", "axis", "chassis", "lens", "cactus", "octopus", "campus", "virus", "walrus"}
+
+
+def singular_noun(word: str) -> str:
+    """English singular of one lower- or mixed-case noun (rules + a short irregular list)."""
+    w = word.lower()
+    if w in _IRREGULAR:
+        return _IRREGULAR[w]
+    if w in _INVARIANT or len(w) <= 3 or w.endswith(("ss", "us")):
+        return word
+    if w.endswith("ies") and len(w) > 4:
+        return word[:-3] + "y"
+    if re.search(r"(?:xes|zzes|ches|shes|sses|oes)$", w):
+        return word[:-2]
+    if w.endswith("s"):
+        return word[:-1]
+    return word
+
+
+def singular_phrase(name: str) -> str:
+    """Singular of a target name's head noun: "red cars" -> "red car", "people in hats" -> "person in hats".
+
+    The head is the last word before a preposition/verb/conjunction (`_NP_STOP`), else the last word.
+    """
+    words = name.split()
+    if not words:
+        return name
+    head = len(words) - 1
+    for i, w in enumerate(words[1:], start=1):
+        if w.lower() in _NP_STOP:
+            head = i - 1
+            break
+    words[head] = singular_noun(words[head])
+    return " ".join(words)
 
 
 def occurs_in(target: str, question: str) -> bool:
@@ -340,15 +423,17 @@ def extract_targets(
     if user_targets:
         if isinstance(user_targets, str):
             user_targets = [user_targets]
-        names, qtype = [], 1
+        names, types = [], []
         for t in user_targets:
             t = " ".join(str(t).split())
-            if _ALL.match(t):
-                qtype, t = 2, _ALL.sub("", t)
+            is_all = bool(_ALL.match(t))
+            t = _ALL.sub("", t)
             if t and t.lower() not in {n.lower() for n in names}:
                 names.append(t)
+                types.append(2 if is_all else 1)
         if names:
-            return TargetSpec(targets=names, qtype=qtype, source="user", raw="", note="given by the user")
+            return TargetSpec(targets=names, qtype=max(types), types=types, source="user", raw="",
+                              note="given by the user")
 
     q = strip_options(question)
     if not q:
@@ -365,11 +450,14 @@ def extract_targets(
     dropped = [t for t in spec.targets if t not in kept]
     if not kept:
         return _fallback(question, raw, f"model targets not in the question ({'; '.join(dropped)})")
+    spec.types = [ty for t, ty in zip(spec.targets, spec.types) if t in kept]
     spec.targets = kept
+    spec.qtype = max(spec.types)
     notes = ["in-context learning"]
     if dropped:  # partial hallucination: keep the grounded names, say which were dropped
         notes.append(f"dropped targets not in the question: {'; '.join(dropped)}")
     if spec.qtype == 1 and _TYPE2.search(q):  # the paper allows ICL or keywords for the type
+        spec.types = _keyword_types(q, spec.targets)
         spec.qtype = 2
         notes.append("type 2 from counting keywords")
     spec.note = "; ".join(notes)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from focuslib import rois as R
-from focuslib.config import preset
+from focuslib.config import preset, replace
 from focuslib.models.base import yes_confidence
 from focuslib.search import Focus
 
@@ -60,7 +60,8 @@ def test_fp_accounting(tiny_llava, monkeypatch, n_steps, overrun, yes_at, expect
     if yes_at and min(yes_at) < expect:
         assert t.best == min(yes_at)
         assert t.rois[t.best].confidence > 0
-    assert tr.chosen_boxes == [t.rois[t.best].box]
+    # the single-image final crop is the chosen ROI enlarged to LLaVA-1.5's 336 px around its centre
+    assert tr.chosen_boxes == [R.enlarge_box(t.rois[t.best].box, 336, 900, 600)]
     assert tr.answer == tr.answer.strip() and tr.final_mode == "crop"
 
 
@@ -124,7 +125,7 @@ def test_multi_target_union_and_canvas(tiny_llava):
         f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=1, overrun=False), map_hook=hook)
         tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
         assert tr.final_mode == mode and tr.search_fp == 2
-        boxes = [t.rois[t.best].box for t in tr.per_target]
+        boxes = [R.enlarge_box(t.rois[t.best].box, 336, 2400, 1200) for t in tr.per_target]
         if mode == "union":
             assert tr.chosen_boxes == [R.union_box(boxes)]
             assert tr.final_size == (tr.chosen_boxes[0][2] - tr.chosen_boxes[0][0],
@@ -145,7 +146,7 @@ def test_type2_selects_all_confident_rois(tiny_llava, monkeypatch):
     assert len(t.verified) == len(t.rois) > 2            # not limited by n_steps
     assert t.selected == [0, 3, 4]
     assert tr.search_fp == 1 + len(t.rois)
-    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in (0, 3, 4)])
+    assert tr.chosen_boxes == R.merge_near([R.enlarge_box(t.rois[i].box, 336, 1200, 1200) for i in (0, 3, 4)], 50)
     assert tr.final_mode in ("canvas", "crop")
 
 
@@ -173,3 +174,104 @@ def test_no_ranking_ablation(tiny_llava):
     f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=8, ranking=False))
     tr = f.answer(Image.new("RGB", (700, 500), (1, 2, 3)), Q, targets=["car"])
     assert tr.search_fp == 1 and tr.per_target[0].best == 0
+
+
+# ---- per-target types, singular type-2 prompts, "no ranking" = Steps-1 without overrun (D8) ----------
+
+
+def _recording(mllm, monkeypatch, yes_for=lambda i: False):
+    """Record the target name of every relevance and existence call; existence says Yes per call index."""
+    seen = {"relevance": [], "existence": []}
+    real_rel, real_ex = mllm.relevance_pass, mllm.existence_logits
+
+    def rel(image, target, **kw):
+        seen["relevance"].append(target)
+        return real_rel(image, target, **kw)
+
+    def ex(images, target):
+        real_ex(images, target)
+        out = []
+        for _ in images:
+            out.append([2.0, -2.0] if yes_for(len(seen["existence"])) else [-2.0, 2.0])
+            seen["existence"].append(target)
+        return torch.tensor(out)
+    monkeypatch.setattr(mllm, "relevance_pass", rel)
+    monkeypatch.setattr(mllm, "existence_logits", ex)
+    return seen
+
+
+def test_type2_is_per_target_and_singular(tiny_llava, monkeypatch):
+    seen = _recording(tiny_llava, monkeypatch)
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=2, overrun=False, k=10))
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (700, 1000, 3), dtype=np.uint8))
+    tr = f.answer(img, "How many bicycles are there left of the car?", targets=["all bicycles", "car"])
+    bikes, car = tr.per_target
+    assert tr.qtype == 2 and (bikes.qtype, car.qtype) == (2, 1)
+    assert bikes.query == "bicycle" and car.query == "car"
+    assert seen["relevance"] == ["bicycle", "car"]               # "Is there a bicycle", not "a bicycles"
+    assert len(bikes.verified) == len(bikes.rois) > 2            # type-2: every ROI
+    assert car.verified == [0, 1]                                # type-1: the top n_steps only
+    assert set(seen["existence"]) == {"bicycle", "car"}
+    assert seen["existence"].count("car") == 2
+    assert tr.search_fp == 2 + len(bikes.rois) + 2
+
+
+def test_no_ranking_equals_steps1_without_overrun(tiny_llava, monkeypatch):
+    """Tab. 3's "no ranking" row equals Tab. 10's Steps-1 (no overrun): both on type-1 and type-2."""
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (800, 1100, 3), dtype=np.uint8))
+    out = []
+    for cfg in (preset("llava-1.5", "vstar", n_steps=1, overrun=False),
+                preset("llava-1.5", "vstar", n_steps=8, ranking=False)):
+        _recording(tiny_llava, monkeypatch, yes_for=lambda i: i % 3 == 0)
+        f = Focus(tiny_llava, replace(cfg, k=15))
+        for q, tg in (("How many dogs are there?", ["all dogs"]), ("What colour is the car?", ["car"]),
+                      ("How many dogs are left of the car?", ["all dogs", "car"])):
+            tr = f.answer(img, q, targets=tg)
+            out.append((tr.chosen_boxes, tr.final_mode, tr.search_fp, tr.answer,
+                        [(t.best, t.selected, t.verified) for t in tr.per_target]))
+    assert out[:3] == out[3:]
+    assert out[0][4][0][2]   # type-2 ROIs were verified (the threshold selects instances)
+
+
+def test_single_image_final_input_follows_zoomeye(tiny_llava):
+    """Type-2, three instances: two 60 px apart merge (ZoomEye's 50 px buffer), every block >= 336 px
+    before it is scaled to 336 on the canvas; the far one stays its own block."""
+    W, H = 2400, 1800
+    img = Image.new("RGB", (W, H), (90, 90, 90))
+    lay = tiny_llava.grid_layout(img)
+    cells = [(8, 4), (8, 8), (16, 20)]   # 100 px cells: boxes (3x3 = 300 px) 100 px apart, and a far one
+
+    def hook(target, layout, m):
+        out = torch.full_like(m, 1e-4) * layout.valid
+        for i, c in enumerate(cells):
+            out[c] = 1.0 - 0.1 * i
+        return out
+    f = Focus(tiny_llava, preset("llava-1.5", "hrbench", n_steps=1, k=3, s_max=3, t_type2=-1.0),
+              map_hook=hook)
+    tr = f.answer(img, "How many lamps are there?", targets=["all lamps"])
+    t = tr.per_target[0]
+    raw = [t.rois[i].box for i in t.selected]
+    assert len(raw) == 3 and all(b[2] - b[0] < 336 for b in raw)    # proposals smaller than 336 px
+    big = [R.enlarge_box(b, 336, W, H) for b in raw]
+    assert tr.chosen_boxes == R.merge_near(big, 50) and len(tr.chosen_boxes) == 2
+    assert R.merge_overlapping(raw) == sorted(raw, key=lambda b: (b[1], b[0], b[3], b[2]))  # old rule: 3
+    assert tr.final_mode == "canvas"
+    canvas, placed = R.compose_canvas(img, tr.chosen_boxes, max_crop_side=336, gap=0)
+    assert tr.final_size == canvas.size
+    assert max(max(b[2] - b[0], b[3] - b[1]) for b in placed) == 336
+
+
+def test_growth_rule_reaches_the_proposals(tiny_llava):
+    """A peaked map: the default rule grows the top ROI to s_max, the old anchor rule keeps s_min."""
+    def hook(target, layout, m):
+        out = torch.full_like(m, 0.01) * layout.valid
+        out[12, 12] = 1.0
+        return out
+    img = Image.new("RGB", (900, 900), (10, 10, 10))
+    sides = {}
+    for rule in ("map-mean", "anchor"):
+        f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=1, overrun=False, growth_rule=rule),
+                  map_hook=hook)
+        g = f.answer(img, Q, targets=["car"]).per_target[0].rois[0].grid
+        sides[rule] = g[2] - g[0]
+    assert sides == {"map-mean": 5, "anchor": 3}

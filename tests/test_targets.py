@@ -196,3 +196,35 @@ def test_extract_without_model_and_odd_strings():
         assert isinstance(spec, TargetSpec) and spec.targets == [] and spec.source == "none"
     spec = extract_targets("What is it?", _fake(None))  # model returned a non-string
     assert spec.targets == [] and spec.source == "none" and "fallback" in spec.note
+
+
+# ------------------------------------------------------------------- per-target type (D8, ZoomEye)
+
+
+@pytest.mark.parametrize("raw,types", [
+    (" all bicycles; car", [2, 1]),        # the model marks the counted target only
+    (" bicycles; car", [2, 1]),            # no mark: the counting cue governs "bicycles", not "car"
+])
+def test_type2_is_decided_per_target(raw, types):
+    spec = extract_targets("How many bicycles are there left of the car?", generate=lambda p: raw)
+    assert spec.targets == ["bicycles", "car"] and spec.types == types and spec.qtype == 2
+    assert [spec.query(i) for i in range(2)] == ["bicycle", "car"]
+
+
+def test_keyword_and_user_types_per_target():
+    assert keyword_targets("How many red cars are parked?").types == [2]
+    spec = extract_targets("Is the dog left of the cats?", user_targets=["dog", "all cats"])
+    assert spec.types == [1, 2] and spec.qtype == 2 and spec.query(1) == "cat"
+    spec = extract_targets("What colour is the bus?", user_targets=["bus"])
+    assert spec.types == [1] and spec.qtype == 1 and spec.query(0) == "bus"
+    assert parse_targets(" lamp post; all windows").types == [1, 2]
+
+
+@pytest.mark.parametrize("plural,singular", [
+    ("bicycles", "bicycle"), ("red cars", "red car"), ("buses", "bus"), ("boxes", "box"), ("berries", "berry"),
+    ("horses", "horse"), ("people wearing hats", "person wearing hats"), ("knives", "knife"), ("sheep", "sheep"),
+    ("glass", "glass"), ("watches", "watch"), ("cars on the left", "car on the left"), ("movies", "movie"),
+])
+def test_singular_phrase(plural, singular):
+    from focuslib.targets import singular_phrase
+    assert singular_phrase(plural) == singular
