@@ -304,6 +304,8 @@ def cmd_eval(a) -> int:
     source, data_tag = a.data, None
     if a.data == "synthetic":
         from .synthetic_benchmarks import default_n, ensure_synthetic
+        if a.synthetic_size < 160:  # the synthetic scenes need room for background, targets and distractors
+            raise _bad(f"--synthetic-size {a.synthetic_size} is too small; use at least 160 (px)")
         n = a.synthetic_n or default_n(spec.name, a.limit)
         size = (a.synthetic_size, a.synthetic_size * 3 // 4)
         source = out / "_data" / spec.name
@@ -415,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "None: the hub")
     ev.add_argument("--synthetic-n", type=positive_int, default=None,
                     help="items of --data synthetic (None: enough for --limit, at least 8)")
-    ev.add_argument("--synthetic-size", type=positive_int, default=320, help="width of synthetic images [px]")
+    ev.add_argument("--synthetic-size", type=positive_int, default=320, help="width of synthetic images [px], >= 160")
     ev.add_argument("--scheme", default="generate", choices=["generate", "logits", "open"],
                     help="open-ended with options (paper), logits matching (C.5), open-ended + judge (C.2)")
     ev.add_argument("--judge", default=None, help="judge LLM for --scheme open, e.g. Qwen/Qwen2.5-7B-Instruct")

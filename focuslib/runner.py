@@ -155,14 +155,14 @@ def merge_shards(out_dir: str | Path, stem: str) -> Path:
 
 @contextlib.contextmanager
 def run_lock(path: Path):
-    """Hold `<path>.lock` (an OS file lock, freed by the OS even on SIGKILL) while writing `path`; a second
+    """Hold `.<name>.lock` beside `path` (an OS file lock, freed by the OS even on SIGKILL) while writing `path`; a second
     writer is refused with RunError instead of interleaving its records."""
     try:
         import fcntl
     except ImportError:  # no fcntl (Windows): no lock
         yield
         return
-    lock = path.with_name(path.name + ".lock")
+    lock = path.with_name(f".{path.name}.lock")  # stays (harmless): deleting it would race a waiting writer
     fh = open(lock, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
