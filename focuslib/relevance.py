@@ -9,6 +9,10 @@ tokens. Only the target rows are ever needed, so we never build the N x N matrix
     S[t, :].sum()                    =  x_t . sum_j x_j
 
 which costs O(L * s * N * H*D) time and O(s * N) extra memory (plus one layer's norms).
+
+`norm="fig7-literal"` runs Fig. 7's line `X_layer /= X_layer.sum(dim=-1)` as PyTorch would: the [N] row
+sums broadcast along the LAST axis, so entry (t, j) is divided by row j's sum, i.e. each visual column
+by that token's own total similarity (x_j . sum_k x_k + 1). Kept as an option (decisions.md D2).
 """
 from __future__ import annotations
 
@@ -24,12 +28,16 @@ def _as_index(idx, device) -> torch.Tensor:
     return torch.as_tensor(idx, dtype=torch.long, device=device).reshape(-1)
 
 
-def token_maps(values: Features, target_idx, visual_idx, layers) -> torch.Tensor:
+def token_maps(values: Features, target_idx, visual_idx, layers, norm: str = "row") -> torch.Tensor:
     """Per-target-token pseudo-attention summed over `layers` (before any normalisation).
 
     values: `[O, H, N, D]` (or a list of O `[H, N, D]` tensors, e.g. straight from a KV cache).
-    Returns `[s, V]` float32: sum over layers of (S[t, vis]) / (S[t, :].sum() + 1).
+    norm: "row" (Fig. 7's comment) or "fig7-literal" (its code as PyTorch broadcasts it).
+    Returns `[s, V]` float32: sum over layers of S[t, vis] / (S[t, :].sum() + 1)  ("row"),
+    or of S[t, vis] / (S[vis, :].sum() + 1)  ("fig7-literal").
     """
+    if norm not in ("row", "fig7-literal"):
+        raise ValueError(f"unknown rollout normalisation {norm!r}; known: 'row', 'fig7-literal'")
     layers = list(layers)
     if not layers:
         raise ValueError("object_relevance needs at least one layer")
@@ -44,9 +52,13 @@ def token_maps(values: Features, target_idx, visual_idx, layers) -> torch.Tensor
         t = x[:, t_idx] * inv[:, t_idx, None]                       # [H, s, D] unit vectors
         v = x[:, v_idx] * inv[:, v_idx, None]                       # [H, V, D]
         col_sum = torch.einsum("hnd,hn->hd", x, inv)                # [H, D] = sum_j x_j (unit)
-        row_sum = torch.einsum("hsd,hd->s", t, col_sum) + 1.0       # [s]  (+1: the identity)
         sim = torch.einsum("hsd,hvd->sv", t, v)                     # [s, V] sum of per-head cosines
-        out += sim / row_sum[:, None]
+        if norm == "row":
+            row_sum = torch.einsum("hsd,hd->s", t, col_sum) + 1.0   # [s]  (+1: the identity)
+            out += sim / row_sum[:, None]
+        else:
+            vis_sum = torch.einsum("hvd,hd->v", v, col_sum) + 1.0   # [V]  row sums of the visual tokens
+            out += sim / vis_sum[None, :]
     return out
 
 
@@ -72,14 +84,14 @@ def combine_token_maps(maps: torch.Tensor, clamp_negative: bool = True) -> torch
 
 
 def object_relevance(values: Features, target_idx, visual_idx, layers,
-                     clamp_negative: bool = True) -> torch.Tensor:
+                     clamp_negative: bool = True, norm: str = "row") -> torch.Tensor:
     """Object relevance over the visual tokens, Fig. 7 semantics. Returns `[len(visual_idx)]`, sum 1.
 
     values: `[O, H, N, D]` value (or RoPE-free key) features of ONE sequence; target_idx: the
     target's text-token positions `[s]`; visual_idx: visual-token positions `[V]` (in grid order);
-    layers: iterable of layer indices to aggregate.
+    layers: iterable of layer indices to aggregate; norm: see `token_maps`.
     """
-    return combine_token_maps(token_maps(values, target_idx, visual_idx, layers), clamp_negative)
+    return combine_token_maps(token_maps(values, target_idx, visual_idx, layers, norm), clamp_negative)
 
 
 def random_relevance(n: int, seed: int = 0, device=None) -> torch.Tensor:

@@ -140,7 +140,8 @@ class Focus:
             feats = rp.keys_norope if cfg.map_variant == "kk" else rp.values
             layers = cfg.resolved_layers(self.mllm.num_layers)
             vis = layout.positions.flatten()
-            m = object_relevance(feats, rp.target_idx, vis, layers, cfg.clamp_negative).view(layout.shape).cpu()
+            m = object_relevance(feats, rp.target_idx, vis, layers, cfg.clamp_negative,
+                                 cfg.rollout_norm).view(layout.shape).cpu()
         m = m * layout.valid
         if cfg.gaussian_sigma or cfg.downsample > 1:
             m = smooth_and_downsample(m, cfg.gaussian_sigma, cfg.downsample)

@@ -5,8 +5,9 @@ import torch
 from focuslib.relevance import object_relevance, random_relevance, smooth_and_downsample
 
 
-def fig7_reference(X, x_target, x_visual, x_layer, clamp_negative):
-    """Fig. 7 as printed (N x N matrices), with row-wise normalisation as its comment says."""
+def fig7_reference(X, x_target, x_visual, x_layer, clamp_negative, literal=False):
+    """Fig. 7 as printed (N x N matrices), with row-wise normalisation as its comment says, or
+    (literal=True) with its line `X_layer /= X_layer.sum(dim=-1)` run verbatim in PyTorch."""
     O, H, N, D = X.shape
     X = torch.nn.functional.normalize(X.double(), dim=-1)
     X = X.permute(0, 2, 1, 3).reshape(O, N, H * D)
@@ -16,7 +17,10 @@ def fig7_reference(X, x_target, x_visual, x_layer, clamp_negative):
         pa = torch.zeros(len(x_visual), dtype=torch.float64)
         for layer in x_layer:
             Xl = (X[layer] + torch.eye(N, dtype=torch.float64)) / 2
-            Xl = Xl / Xl.sum(dim=-1, keepdim=True)
+            if literal:
+                Xl /= Xl.sum(dim=-1)          # [N, N] / [N]: broadcasts over the LAST axis (columns)
+            else:
+                Xl = Xl / Xl.sum(dim=-1, keepdim=True)
             pa += Xl[t, x_visual]
         if clamp_negative:
             pa = pa.clamp_min(0)
@@ -83,3 +87,34 @@ def test_smooth_and_downsample():
     assert divmod(int(s.argmax()), 6) == (2, 4)   # the peak stays where it was (5//2, 9//2)
     # odd sizes: ceil mode keeps the last row/column
     assert smooth_and_downsample(torch.rand(7, 9), None, 2).shape == (4, 5)
+
+
+@pytest.mark.parametrize("shape,seed", [((4, 2, 40, 8), 0), ((6, 4, 70, 16), 1), ((8, 8, 120, 4), 3)])
+@pytest.mark.parametrize("clamp", [False, True])
+def test_fig7_literal_option_matches_verbatim_code(shape, seed, clamp):
+    """rollout_norm="fig7-literal" equals Fig. 7's code run verbatim, and differs from the row-wise map."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(shape, generator=g) + 0.5
+    N = shape[2]
+    perm = torch.randperm(N, generator=g)
+    visual, target, layers = perm[: N // 2].tolist(), perm[N // 2: N // 2 + 3].tolist(), list(range(1, shape[0]))
+    ours = object_relevance(X, target, visual, layers, clamp, norm="fig7-literal")
+    ref = fig7_reference(X, target, visual, layers, clamp, literal=True).float()
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(ours, object_relevance(X, target, visual, layers, clamp), rtol=1e-3)
+    with pytest.raises(ValueError):
+        object_relevance(X, target, visual, layers, clamp, norm="column")
+
+
+def test_fig7_literal_divides_by_each_visual_tokens_row_sum():
+    """Hand check on one layer: a visual token similar to everything (a "hub") is damped by the literal
+    division and not by the row-wise one."""
+    X = torch.tensor([[[[1.0, 0.0], [1.0, 0.2], [1.0, 0.0], [0.0, 1.0]]]])  # O=1, H=1, N=4, D=2
+    row = object_relevance(X, [0], [1, 3], [0], clamp_negative=True)
+    lit = object_relevance(X, [0], [1, 3], [0], clamp_negative=True, norm="fig7-literal")
+    Xn = torch.nn.functional.normalize(X[0, 0], dim=-1)
+    S = Xn @ Xn.T
+    expect_row = S[0, [1, 3]] / S[0, [1, 3]].sum()
+    lit_raw = S[0, [1, 3]] / (S[[1, 3]].sum(-1) + 1)
+    torch.testing.assert_close(row, expect_row)
+    torch.testing.assert_close(lit, lit_raw / lit_raw.sum())

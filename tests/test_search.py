@@ -275,3 +275,19 @@ def test_growth_rule_reaches_the_proposals(tiny_llava):
         g = f.answer(img, Q, targets=["car"]).per_target[0].rois[0].grid
         sides[rule] = g[2] - g[0]
     assert sides == {"map-mean": 5, "anchor": 3}
+
+
+def test_rollout_norm_reaches_the_map(tiny_llava):
+    img = Image.fromarray(np.random.default_rng(4).integers(0, 255, (500, 700, 3), dtype=np.uint8))
+    maps = [Focus(tiny_llava, preset("llava-1.5", "vstar", rollout_norm=n)).relevance_map(img, "red car")[0]
+            for n in ("row", "fig7-literal")]
+    assert not torch.allclose(maps[0], maps[1], rtol=1e-3)
+
+
+@pytest.mark.parametrize("bench,ks", [("vstar", [15, 15, 15, 30, 30]), ("hrbench4k", [15, 15, 30, 30, 30]),
+                                      ("hrbench8k", [15, 15, 30, 30, 30])])
+def test_k_small_budget(bench, ks):
+    """Tab. 7: k = 15 below n_steps 4; Tab. 10's HR-Bench FPs jump at Steps-3 instead (decisions.md D-FC3)."""
+    assert [preset("llava-1.5", bench, n_steps=n).k for n in (1, 2, 3, 4, 8)] == ks
+    assert preset("llava-1.5", "hrbench", n_steps=1, k=40).k == 40
+    assert preset("llava-onevision", "hrbench", n_steps=1).k == 30
