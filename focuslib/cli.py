@@ -94,7 +94,7 @@ def resolve_model(arg: str) -> str:
     if not (p / "config.json").exists():
         what = "is empty" if not any(p.iterdir()) else "has no config.json"
         raise _bad(f"model directory {arg} {what}: not a Hugging Face checkpoint (download one with "
-                   "`huggingface-cli download ID --local-dir DIR`, or use --model tiny)")
+                   "`hf download ID --local-dir DIR`, or use --model tiny)")
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise _bad(f"model directory {arg} has a config.json but no weights (*.safetensors / *.bin): an "
                    "interrupted download? Download it again")
@@ -321,7 +321,7 @@ def cmd_eval(a) -> int:
         p = Path(a.data)
         if p.is_file() and p.suffix.lower() not in (".parquet", ".tsv", ".jsonl", ".json"):
             raise _bad(f"--data {a.data} is a {p.suffix or 'plain'} file; give the benchmark's directory (as "
-                       f"`huggingface-cli download --repo-type dataset {spec.hub_id} --local-dir DIR` writes it), "
+                       f"`hf download {spec.hub_id} --repo-type dataset --local-dir DIR` writes it), "
                        "a .parquet/.tsv/.jsonl file of it, or 'synthetic'")
     device = check_device(a.device)
     if world > 1 and device is None:
@@ -438,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-pixels", type=int, default=None, help=MAX_PIXELS_HELP)
     common(ev)
     ev.set_defaults(func=cmd_eval)
+
+    from .doctor import add_arguments as doctor_arguments, cmd_doctor
+    doc = sub.add_parser("doctor", help="will a real run work here? environment, GPU, models, one question each",
+                         formatter_class=fmt, epilog=models)
+    doctor_arguments(doc)
+    doc.set_defaults(func=cmd_doctor)
     return ap
 
 
