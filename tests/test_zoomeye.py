@@ -228,6 +228,21 @@ def test_counting_post_order_existence_to_depth_two_with_root():
     assert tr.final_mode == "crop" and tr.chosen_boxes == [(0, 0, 512, 768)]
 
 
+def test_types_are_decided_per_target():
+    # ["all cars", "dog"], depth 1: "cars" gets the post-order existence search in the singular (root + 4 = 5
+    # FPs); "dog" is one of several targets: no root c_a, 4 quadrants scored (8), all 4 popped (c_a -.9; drops
+    # at pops 3 and 5 find nothing) = 12. 17 FPs; nothing qualifies for the dog, the kept car views do not
+    # exist (-.9 < .6): whole image.
+    texts = []
+
+    def script(kind, box, text):
+        texts.append((kind, text))
+        return -0.9
+    m, tr = run(script, targets=["all cars", "dog"], depth=1)
+    assert tr.search_fp == 5 + 12 and [t.get("num_pop") for t in tr.per_target] == [None, 5]
+    assert {t for k, t in texts[:5]} == {"Is there a car in the image?"} and tr.final_mode == "whole"
+
+
 # ---- final input (single-image model) ------------------------------------------------------------
 def test_single_image_final_input_grown_crop_or_two_blocks():
     img = coord_image(2048, 1024)

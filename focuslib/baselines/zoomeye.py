@@ -384,13 +384,14 @@ class ZoomEye:
         return nodes, order, kept
 
     # ---- the few-target filter of multi-image models ----------------------------------------
-    def answerable_on_whole(self, image, targets: list[str]) -> list[float]:
-        """c_a of each target's question on the shrunk whole image (one FP each); only with >= 2 targets."""
+    def answerable_on_whole(self, image, targets: list[tuple[str, int]]) -> list[float]:
+        """c_a of each type-1 target's question on the shrunk whole image (one FP each; "all X" targets are
+        not asked); only with >= 2 targets."""
         if len(targets) < 2:
             return []
         view = self.root_view(image, small=True)
         return [confidences(self.mllm, [view], ANSWERING_PROMPT.format(question=DECOMPOSED_QUESTION.format(
-            target=t)), "zoomeye_filter")[0] for t in targets]
+            target=t)), "zoomeye_filter")[0] for t, kind in targets if kind == 1]
 
     # ---- final input ---------------------------------------------------------------------
     def compose(self, image: Image.Image, nodes: list[Node]):
@@ -427,17 +428,18 @@ class ZoomEye:
             if spec.note:
                 notes.append(spec.note)
             bare = strip_options(question) or question
-            todo = list(spec.targets)
+            # (target, type) -- type 2 ("all X") per target, as the official code decides it
+            todo = [(spec.query(i), spec.type_of(i)) for i in range(len(spec.targets))]   # "all" X: singular
             with clock("search"):
-                if self.multi and spec.qtype == 1:
+                if self.multi:
                     conf = self.answerable_on_whole(image, todo)
                     extra["whole_image_c_a"] = conf
                     if any(c >= cfg.answer_threshold for c in conf):
                         notes.append("a target is answerable on the whole image: no search")
                         todo = []
-                one = len(todo) == 1 and spec.qtype == 1
-                for target in todo:
-                    if spec.qtype == 2:
+                one = len(todo) == 1 and todo[0][1] == 1
+                for target, kind in todo:
+                    if kind == 2:
                         nodes, order, kept = self.search_type2(image, target)
                         found += [nodes[i] for i in kept]
                         per_target.append({"target": target, "rois": [asdict(n) for n in nodes],
