@@ -233,16 +233,31 @@ def readout(drv, css: str) -> str:
 
 
 def type_into(drv, css: str, text: str):
+    """Replace a text field's content and leave it with Tab (the widgets sync on leaving, continuous_update=False)."""
     from selenium.webdriver.common.keys import Keys
     box = el(drv, f"{css} textarea, {css} input")
     drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
     box.click()
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(text)
+    box.send_keys(Keys.TAB)
+
+
+def settle(drv, quiet_s: float = 1.5, timeout: float = 60):
+    """Wait until the kernel has been idle for quiet_s: the edits' messages have reached it (a user pauses too)."""
+    t0, since = time.time(), None
+    while time.time() - t0 < timeout:
+        idle = nb_state(drv)["kernel"] == "idle"
+        since = (since or time.time()) if idle else None
+        if since and time.time() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the kernel did not settle within {timeout} s")
 
 
 def run_focus(drv, expect: list[str], before_png: bytes | None) -> tuple[bytes, str, bool]:
     """Press Run FOCUS; see the busy state, then the new figure and status line. -> (png, status, saw_busy)."""
+    settle(drv)
     btn = el(drv, ".focus-run button, button.focus-run")
     drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", btn)
     btn.click()
