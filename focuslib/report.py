@@ -454,9 +454,9 @@ class Session:
     # -- model
     @property
     def model_path(self) -> str:
-        if self.model_arg == "tiny":
-            from .cli import embedded_default
-            return embedded_default()[0]
+        if self.model_arg in ("tiny", "random-tiny"):  # the same aliases as the command line
+            from .cli import resolve_model
+            return resolve_model(self.model_arg)
         from .models import HUB_IDS
         return HUB_IDS.get(self.model_arg, self.model_arg)
 
@@ -742,6 +742,49 @@ def main(argv=None) -> int:
         print(f"{nb}: {time.time() - t0:.0f} s -> {figures} (executed notebook: {results / 'notebooks' / nb}.ipynb)",
               flush=True)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# notebook parameters: papermill `-p NAME "[1, 2]"` hands the notebook a STRING; catch it in the first cell
+
+_STR, _INT, _NUM = (str,), (int,), (int, float)
+NOTEBOOK_PARAMETERS: dict[str, tuple[str, tuple, bool]] = {  # name -> (kind, element types, None allowed)
+    "model": ("one", _STR, False), "benchmarks": ("list", _STR, False), "methods": ("list", _STR, False),
+    "n_steps": ("list", _INT, False), "limit": ("one", _INT, True), "device": ("one", _STR, True),
+    "dtype": ("one", _STR, False), "data": ("one", _STR, True), "results_dir": ("one", _STR, True),
+    "figures_dir": ("one", _STR, True), "smoke": ("one", (bool,), False), "benchmark": ("one", _STR, False),
+    "sample_index": ("one", _INT, False), "image_path": ("one", _STR, True), "question": ("one", _STR, True),
+    "k": ("one", _INT, True), "s_max": ("one", _INT, True), "no_overrun_steps": ("list", _INT, False),
+    "ablation_benchmarks": ("list", _STR, False), "ablation_n_steps": ("one", _INT, True),
+    "hp_benchmark": ("one", _STR, False), "hp_n_steps": ("one", _INT, True), "n_samples": ("one", _INT, False),
+    "seed": ("one", _INT, False), "s_max_values": ("list", _INT, False), "s_dist_values": ("list", _NUM, False),
+    "nms_values": ("list", _NUM, False), "growth_rule": ("one", _STR, False), "eff_benchmark": ("one", _STR, False),
+    "measure_flops": ("one", (bool,), False), "qual_benchmark": ("one", _STR, False),
+    "n_examples": ("one", _INT, False),
+}
+
+
+def check_parameters(ns: dict) -> None:
+    """Validate a notebook's papermill parameters in `ns` (its globals()) against NOTEBOOK_PARAMETERS.
+
+    Raises TypeError naming the parameter, what it got and how to pass it (`-y "n_steps: [1, 2]"`); a
+    string where a list is expected (papermill's `-p n_steps "[1, 2]"`) would otherwise iterate characters."""
+    def ok(v, types):
+        return isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+    for name, (kind, types, nullable) in NOTEBOOK_PARAMETERS.items():
+        if name not in ns:
+            continue
+        v = ns[name]
+        if v is None and nullable:
+            continue
+        want = " or ".join(t.__name__ for t in types)
+        if kind == "list":
+            if not isinstance(v, (list, tuple)) or not all(ok(x, types) for x in v):
+                raise TypeError(f"parameter {name} must be a list of {want}, got {v!r} ({type(v).__name__}); "
+                                f"pass lists as YAML: papermill ... -y \"{name}: [1, 2]\" (papermill -p gives a string)")
+        elif not ok(v, types):
+            raise TypeError(f"parameter {name} must be {want}{' or None' if nullable else ''}, got {v!r} "
+                            f"({type(v).__name__}); papermill -p NAME VALUE parses numbers, True/False and None")
 
 
 if __name__ == "__main__":

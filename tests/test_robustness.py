@@ -319,3 +319,33 @@ def test_unknown_target_word_is_noted(tiny_llava, monkeypatch):
     tr = Focus(tiny_llava, preset("llava-1.5", n_steps=1)).answer(Image.new("RGB", (200, 150)), Q,
                                                                   targets=["zyxwv"])
     assert any("unknown to the model's vocabulary" in n and "meaningless" in n for n in tr.notes)
+
+
+# ------------------------------------------------------------------------------------------------
+# notebooks
+
+
+def test_notebook_parameters_are_type_checked():
+    """papermill's `-p n_steps "[1, 2]"` hands the notebook a string; the first cell must refuse it."""
+    from papermill.cli import _resolve_type
+
+    from focuslib.report import check_parameters
+    given = _resolve_type("[1, 2]")
+    assert given == "[1, 2]"  # what papermill really passes
+    with pytest.raises(TypeError, match=r'n_steps must be a list of int.*-y "n_steps: \[1, 2\]"'):
+        check_parameters({"n_steps": given})
+    with pytest.raises(TypeError, match="limit must be int or None"):
+        check_parameters({"limit": "50x"})
+    with pytest.raises(TypeError, match="smoke must be bool"):
+        check_parameters({"smoke": "yes"})
+    check_parameters({"n_steps": [1, 2], "limit": None, "nms_values": [0.1, 0.3], "smoke": False, "model": "tiny",
+                      "unrelated": object()})
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_is_refused_before_the_model_loads(tiny_llava_path, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    rc, _, err = run(["eval", "--model", "nosuchmodel", "--benchmark", "vstar", "--out", ro / "x"], capsys)
+    assert rc == 2 and "cannot write results under" in err  # before the (here unknown) model is even looked at
