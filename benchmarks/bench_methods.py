@@ -17,7 +17,9 @@ runs and its logits are then replaced by Yes when the image shown contains the d
 confidence only once the disc covers 1% of the encoder's input), No otherwise: a perfect searcher, so
 ZoomEye's FP counts are its shortest path (a lower bound of the paper's 48.63 at Depth-5). The ICL target extraction and
 the final answers run unscripted (random text up to the token caps; the target then comes from the keyword
-fallback). ViCrop's cost does not depend on its map (a fixed number of attention forwards).
+fallback); their LENGTHS are scripted (`--icl-tokens`, `--answer-tokens`: random weights never write the
+newline / end-of-turn that a real model writes after "ball" or "A", so without a cap every question would
+decode 24 + 16 tokens). ViCrop's cost does not depend on its map (a fixed number of attention forwards).
 
 Per question and method: wall time per step, sequential LLM forwards (every decode step included), model
 calls and search FPs (paper accounting), tokens through the LLM (padding included), FLOPs (torch's
@@ -214,6 +216,21 @@ def script_yes_no(mllm, base_side: int):
 
     mllm.ask_yes_no = ask_yes_no
     mllm.yes_no_views = yes_no_views
+    return mllm
+
+
+def script_lengths(mllm, icl_tokens: int, answer_tokens: int):
+    """Cap the ICL continuation and the final answer at the lengths a real model writes ("ball" + newline;
+    "A" + end of turn): random weights would decode to the caps (24 / 16 tokens) on every question."""
+    gen, gen_text = mllm.generate, mllm.generate_text
+
+    def generate(images, text, max_new_tokens=16, purpose="answer"):
+        return gen(images, text, max_new_tokens=min(max_new_tokens, answer_tokens), purpose=purpose)
+
+    def generate_text(prompt, max_new_tokens=24, purpose="targets", **kw):
+        return gen_text(prompt, max_new_tokens=min(max_new_tokens, icl_tokens), purpose=purpose, **kw)
+
+    mllm.generate, mllm.generate_text = generate, generate_text
     return mllm
 
 
@@ -500,6 +517,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="runs per method, the last one reported")
     ap.add_argument("--skip-no-overrun", action="store_true", help="only the overrun variants of FOCUS")
     ap.add_argument("--no-flops", action="store_true")
+    ap.add_argument("--icl-tokens", type=int, default=3, help="scripted length of the ICL continuation")
+    ap.add_argument("--answer-tokens", type=int, default=2, help="scripted length of every final answer")
     ap.add_argument("--map-8k", nargs="*", default=None, help="families for the full-depth map share at 8K")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -514,9 +533,14 @@ def main(argv=None) -> int:
                 f"{info['vision_layers']}/{info['full_vision_layers']} vision layers)"
         print(f"built {label} in {time.perf_counter() - t0:.0f} s; tokenizer {info['tokenizer']}", flush=True)
         script_yes_no(mllm, base_side=_leaf(fam))
+        script_lengths(mllm, a.icl_tokens, a.answer_tokens)
         for size in a.sizes:
             image, disc = make_image(SIZES[size])
-            mllm.generate_text("warm-up " * 4)      # first-call overheads (kernels, allocator) out of the figures
+            # first-call overheads out of the figures, and the ICL prefix cache warm as after two questions
+            from focuslib.targets import icl_prompt
+            for q in ("How many cars are there?", "Is the lamp on the left of the bus?"):
+                mllm.generate_text(icl_prompt(q))
+            runner(mllm, Method("warm-up", "vanilla", {}), disc)(image, QUESTION)
             for m in methods(a.n_steps, a.depths, a.methods, not a.skip_no_overrun):
                 r = measure(mllm, m, image, disc, a.device, flops=not a.no_flops, reps=a.reps)
                 r.update(model=label, image=f"{size} {SIZES[size][0]}x{SIZES[size][1]}")

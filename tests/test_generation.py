@@ -130,3 +130,30 @@ def test_text_generation_stops_at_the_first_newline_after_text(tiny_llava_path):
     m.model = _Scripted([script[1]] * 50)
     m.generate_text("Question: x\nTargets:", max_new_tokens=5, use_prefix_cache=False)
     assert m.model.calls == 5      # the cap holds
+
+
+# ---- batched verification grouped by token count (issue 18) -------------------------------------------------
+@pytest.mark.parametrize("fixture", ["tiny_qwen_path", "tiny_ov_path"])
+def test_crops_of_very_different_token_counts_go_in_separate_forwards_with_the_same_logits(fixture, request):
+    m = _fresh(request.getfixturevalue(fixture))
+    g = torch.Generator().manual_seed(0)
+    crops = [Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy())
+             for w, h in [(700, 650), (60, 60), (720, 660), (64, 56)]]
+    n = [m.num_image_tokens(c.size) for c in crops]
+    assert max(n) > 2 * min(n)
+    groups = m.length_groups(crops)
+    assert sorted(map(sorted, groups)) == [[0, 2], [1, 3]]            # small with small, large with large
+    seen, h = _embedded_tokens(m)
+    try:
+        got = m.ask_yes_no(crops, "Is there a dog in the image?")
+    finally:
+        h.remove()
+    assert len(seen) == 2
+    assert sum(seen) < len(crops) * max(n)                              # less padding than one batch
+    one = torch.cat([m.ask_yes_no([c], "Is there a dog in the image?") for c in crops])
+    torch.testing.assert_close(got, one, rtol=1e-4, atol=1e-4)
+
+
+def test_equal_token_counts_stay_one_forward(tiny_llava):
+    crops = [Image.new("RGB", s, (9, 99, 199)) for s in [(50, 80), (700, 300), (336, 336)]]
+    assert tiny_llava.length_groups(crops) == [[0, 1, 2]]               # LLaVA: 576 tokens whatever the crop

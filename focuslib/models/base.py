@@ -228,17 +228,44 @@ class MLLM(ABC):
         """A batched forward; families whose padded sequences need explicit positions override this."""
         return self.model(**inputs, **kw)
 
+    # crops whose token counts differ (OneVision tiles, Qwen2.5-VL pixels) are batched by length so the
+    # padding of a forward stays within this fraction of its real tokens (results are per crop, unchanged)
+    pad_slack: float = 0.25
+
+    def length_groups(self, images: list[Image.Image]) -> list[list[int]]:
+        """Indices of `images` in forwards: sorted by image-token count, a new group whenever padding to the
+        group's longest would exceed `pad_slack` of its real tokens. One group when all counts are equal."""
+        count = getattr(self, "num_image_tokens", None)
+        if count is None or len(images) < 2:
+            return [list(range(len(images)))]
+        n = [count(im.size) for im in images]
+        if len(set(n)) == 1:
+            return [list(range(len(images)))]
+        groups: list[list[int]] = []
+        for i in sorted(range(len(images)), key=lambda i: n[i]):
+            g = groups[-1] if groups else None
+            if g is not None and (len(g) + 1) * n[i] <= (1 + self.pad_slack) * (sum(n[j] for j in g) + n[i]):
+                g.append(i)
+            else:
+                groups.append([i])
+        return groups
+
     @torch.no_grad()
     def ask_yes_no(self, images: list[Image.Image], question: str) -> torch.Tensor:
-        """`[B, 2]` (l_yes, l_no) at the last position for `question` about each image, ONE batched
-        forward, not counted (callers count by purpose)."""
+        """`[B, 2]` (l_yes, l_no) at the last position for `question` about each image: batched forwards
+        (one, unless `length_groups` splits crops of very different token counts), not counted (callers
+        count by purpose)."""
         if not images:
             return torch.zeros(0, 2)
         text = self.prompt(question, 1)
-        inputs = self._to_device(self.build_inputs([[im] for im in images], [text] * len(images)))
-        out = self._forward_batch(inputs, use_cache=False, logits_to_keep=1)
         ids = [self.answer_token_id("Yes"), self.answer_token_id("No")]
-        return out.logits[:, -1][:, ids].float().cpu()
+        out = torch.zeros(len(images), 2)
+        for g in self.length_groups(images):
+            inputs = self._to_device(self.build_inputs([[images[i]] for i in g], [text] * len(g)))
+            res = self._forward_batch(inputs, use_cache=False, logits_to_keep=1)
+            out[g] = res.logits[:, -1][:, ids].float().cpu()
+            del res, inputs
+        return out
 
     def existence_logits(self, images: list[Image.Image], target: str) -> torch.Tensor:
         """`[B, 2]` (l_yes, l_no) for each image with the existence prompt, in ONE batched forward."""
