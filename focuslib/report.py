@@ -163,11 +163,11 @@ def collect_results(results_dir: str | Path, source: str | None = None):
     """Every finished run under `results_dir` (each `<stem>.meta.json` + `<stem>.jsonl`) as long rows."""
     import pandas as pd
 
-    from .runner import read_records
+    from .runner import read_records, unique_records
     rows = []
     for meta_path in sorted(Path(results_dir).rglob("*.meta.json")):
         jsonl = meta_path.with_name(meta_path.name[:-len(".meta.json")] + ".jsonl")
-        records = read_records(jsonl)
+        records = unique_records(read_records(jsonl))  # each id once, the last record (decisions D-RB1)
         if not records:
             continue
         meta = json.loads(meta_path.read_text())
