@@ -321,8 +321,15 @@ def test_explorer_in_browser(lab, browser):
     assert readout(drv, ".focus-sample") == "0"
     move_slider(drv, ".focus-sample", 0, "\ue014", 1)   # ArrowRight
     wait_for(lambda: readout(drv, ".focus-sample") == "1", 10, "sample slider at 1")
-    png1, st1, busy1 = run_focus(drv, ["vstar #1", "answer", "search FPs", "model calls"], None)
+    from focuslib.cli import embedded_default
+    from focuslib.report import ours_label
+    label = ours_label(embedded_default()[0])   # e.g. "ours (miniature-llava-1.5, synthetic-trained)"
+    png1, st1, busy1 = run_focus(drv, ["vstar #1", "answer", "search FPs", "model calls", label], None)
     assert busy1, "no progress indication while FOCUS ran"
+    fit = drv.execute_script("""const o = document.querySelector('.focus-output').getBoundingClientRect();
+        const i = document.querySelector('.focus-output img').getBoundingClientRect();
+        return [i.width, o.width, i.left >= o.left - 1 && i.right <= o.right + 1];""")
+    assert fit[2] and fit[0] > 300, f"the figure ({fit[0]:.0f} px) overflows or is tiny in its output ({fit[1]:.0f} px)"
     ov1 = overlay_checks(png1)
     assert ov1["red_mid"] > ov1["red_left"] + 100 and ov1["sat_mid"] > ov1["sat_left"] + 1000, ov1
     assert_no_errors(drv)
