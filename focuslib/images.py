@@ -60,6 +60,9 @@ def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
         raise FocusInputError(f"image file not found: {path}")
     if path.is_dir():
         raise FocusInputError(f"expected an image file, got a directory: {path}")
+    env = os.environ.get("FOCUSLIB_MAX_IMAGE_PIXELS")
+    if env:  # the user trusts large files: PIL refuses above 2 x MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(1, int(env) // 2)
     try:
         with Image.open(path) as im:
             im.load()
@@ -83,8 +86,8 @@ def _too_large(path: Path) -> str:
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     return (f"image {path} is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the decompression-bomb limit of "
-            f"{2 * limit / 1e6:.0f} Mpx (2 x PIL.Image.MAX_IMAGE_PIXELS = {limit}); if you trust the file, raise "
-            "PIL.Image.MAX_IMAGE_PIXELS (--max-pixels where the command has it), or downscale the image")
+            f"{2 * limit / 1e6:.0f} Mpx (2 x PIL.Image.MAX_IMAGE_PIXELS = {limit}); if you trust the file, set "
+            f"FOCUSLIB_MAX_IMAGE_PIXELS={w * h} (or PIL.Image.MAX_IMAGE_PIXELS in Python), or downscale the image")
 
 
 def pad_to_square(img: Image.Image, fill: tuple[int, int, int]) -> tuple[Image.Image, tuple[int, int]]:

@@ -390,7 +390,6 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     elif rank == 0:
         _atomic_write_text(meta_path, json.dumps(meta_json, indent=1))
 
-    correct = 0
     with run_lock(path):
         recs = read_records(path, repair=True)
         if world > 1:  # records of earlier single-process or merged runs count as done too; newest wins

@@ -349,3 +349,14 @@ def test_unwritable_out_is_refused_before_the_model_loads(tiny_llava_path, tmp_p
     ro.chmod(0o500)
     rc, _, err = run(["eval", "--model", "nosuchmodel", "--benchmark", "vstar", "--out", ro / "x"], capsys)
     assert rc == 2 and "cannot write results under" in err  # before the (here unknown) model is even looked at
+
+
+def test_large_image_limit_can_be_raised(files, monkeypatch):
+    from focuslib.images import FocusInputError, load_image
+    big = bomb_png(files / "big.png", 20000, 10000)  # 200 Mpx: over PIL's default 179 Mpx
+    with pytest.raises(FocusInputError, match="FOCUSLIB_MAX_IMAGE_PIXELS=200000000"):
+        load_image(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    monkeypatch.setenv("FOCUSLIB_MAX_IMAGE_PIXELS", "200000000")
+    with pytest.raises(FocusInputError, match="corrupt or truncated"):  # past the guard: the header lies
+        load_image(big)
