@@ -154,6 +154,14 @@ def test_crops_of_very_different_token_counts_go_in_separate_forwards_with_the_s
     torch.testing.assert_close(got, one, rtol=1e-4, atol=1e-4)
 
 
+def test_a_forward_never_holds_more_than_the_token_budget(tiny_qwen_path):
+    m = _fresh(tiny_qwen_path)
+    crops = [Image.new("RGB", (560, 560), (9, 99, 199))] * 5          # 400 tokens each
+    assert m.length_groups(crops) == [[0, 1, 2, 3, 4]]
+    m.max_batch_tokens = 1000
+    assert m.length_groups(crops) == [[0, 1], [2, 3], [4]]
+
+
 def test_equal_token_counts_stay_one_forward(tiny_llava):
     crops = [Image.new("RGB", s, (9, 99, 199)) for s in [(50, 80), (700, 300), (336, 336)]]
     assert tiny_llava.length_groups(crops) == [[0, 1, 2]]               # LLaVA: 576 tokens whatever the crop

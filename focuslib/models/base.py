@@ -231,20 +231,26 @@ class MLLM(ABC):
     # crops whose token counts differ (OneVision tiles, Qwen2.5-VL pixels) are batched by length so the
     # padding of a forward stays within this fraction of its real tokens (results are per crop, unchanged)
     pad_slack: float = 0.25
+    # ... and a forward holds at most this many (padded) image tokens: about one Qwen2.5-VL prefill of an
+    # HR-8K image, so verifying large crops never needs more activation memory than answering on the image
+    max_batch_tokens: int = 16384
 
     def length_groups(self, images: list[Image.Image]) -> list[list[int]]:
         """Indices of `images` in forwards: sorted by image-token count, a new group whenever padding to the
-        group's longest would exceed `pad_slack` of its real tokens. One group when all counts are equal."""
+        group's longest would exceed `pad_slack` of its real tokens or the group would pass `max_batch_tokens`.
+        One group when all counts are equal and within the budget (always for LLaVA-1.5: 576 tokens)."""
         count = getattr(self, "num_image_tokens", None)
         if count is None or len(images) < 2:
             return [list(range(len(images)))]
         n = [count(im.size) for im in images]
-        if len(set(n)) == 1:
+        if len(set(n)) == 1 and len(n) * n[0] <= self.max_batch_tokens:
             return [list(range(len(images)))]
         groups: list[list[int]] = []
         for i in sorted(range(len(images)), key=lambda i: n[i]):
             g = groups[-1] if groups else None
-            if g is not None and (len(g) + 1) * n[i] <= (1 + self.pad_slack) * (sum(n[j] for j in g) + n[i]):
+            padded = (len(g) + 1) * n[i] if g is not None else 0
+            if (g is not None and padded <= self.max_batch_tokens
+                    and padded <= (1 + self.pad_slack) * (sum(n[j] for j in g) + n[i])):
                 g.append(i)
             else:
                 groups.append([i])
