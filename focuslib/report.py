@@ -601,7 +601,7 @@ def read_bench_methods(paths) -> "pd.DataFrame":
         head = [c.strip() for c in lines[0].strip("|").split("|")]
         for ln in lines[1:]:
             cells = [c.strip() for c in ln.strip().strip("|").split("|")]
-            if len(cells) != len(head) or cells[0] == "model":
+            if len(cells) != len(head) or cells[0] in ("model", "---"):
                 continue
             r = {"file": Path(p).stem, "model": cells[0], "image": cells[1], "method": cells[2]}
             for h, c in zip(head, cells):
