@@ -46,6 +46,11 @@ class FocusConfig:
     merge_buffer: int = 50
     canvas_max_crop_side: int | None = 336
     canvas_gap: int = 0
+    # final input of multi-image models (decisions.md D10): the same enlarging (then x final_scale, ZoomEye's
+    # patch_scale) and merging, and a caption after each image saying which is the global view and which the
+    # close-ups (ZoomEye's two-image prompt structure); False = images only, the question right after them
+    final_scale: float | None = None
+    final_captions: bool = True
     verify_batch_size: int = 16          # crops per batched existence forward (type-2 verifies all ROIs)
     max_new_tokens: int = 16
     seed: int = 0                        # random-map ablation
@@ -88,7 +93,8 @@ PRESETS: dict[str, dict] = {
     "llava-onevision": {
         # Tab. 7 uses l=21..L=28; sec. 4.1 says 14..28 (decisions.md D1): the notebook exposes both.
         "base": dict(k=30, s_min=3, s_max=5, s_dist=2.0, layers=(21, 28), ref_layers=28,
-                     t_type2=0.5, t_obj_dist=float("inf"), gaussian_sigma=1.0, downsample=2),
+                     t_type2=0.5, t_obj_dist=float("inf"), gaussian_sigma=1.0, downsample=2,
+                     final_min_side=384, final_scale=1.2, merge_buffer=50),   # ZoomEye's OV views (D10)
         "benchmarks": {"vstar": dict(s_max=9)},
         "k_small_budget": None,
     },
@@ -97,7 +103,8 @@ PRESETS: dict[str, dict] = {
         # the merged-patch map pooled 2x has OV-like cells (56 px on V*/HR-4K, 99 px on HR-8K), and s_max 9
         # of them spans 1.1-2x ZoomEye's 448 px Qwen input size on every benchmark
         "base": dict(k=30, s_min=3, s_max=9, s_dist=2.0, layers=(14, 28), ref_layers=28,
-                     t_type2=0.5, t_obj_dist=float("inf"), gaussian_sigma=1.0, downsample=2),
+                     t_type2=0.5, t_obj_dist=float("inf"), gaussian_sigma=1.0, downsample=2,
+                     final_min_side=448, final_scale=1.2, merge_buffer=50),   # ZoomEye's Qwen views (D10)
         "benchmarks": {},
         "k_small_budget": None,
     },

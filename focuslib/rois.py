@@ -397,16 +397,20 @@ def box_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return math.hypot(ax - bx, ay - by)
 
 
-def enlarge_box(box: Sequence[int], min_side: int, width: int, height: int) -> PixelBox:
+def enlarge_box(box: Sequence[int], min_side: int, width: int, height: int,
+                scale: float | None = None) -> PixelBox:
     """Grow ``box`` around its centre so each side is at least ``min_side`` px (ZoomEye's ``get_patch``).
 
     Single-image models see every final crop resized to their encoder's base resolution, so a
     smaller crop would be upsampled; ZoomEye enlarges it to the base side first (decisions.md D8).
-    A side already longer is kept; the enlarged box is shifted (not cut) to stay inside the
-    ``width x height`` image, and is cut only where the image itself is smaller than ``min_side``.
+    ``scale`` then multiplies each side (ZoomEye's ``patch_scale``, 1.2 for its multi-image models:
+    ``int(max(side, min_side) * scale)``, decisions.md D10). A side already longer is kept; the
+    enlarged box is shifted (not cut) to stay inside the ``width x height`` image, and is cut only
+    where the image itself is smaller.
     """
     def span(lo: int, hi: int, n: int) -> tuple[int, int]:
-        size = min(max(hi - lo, min_side), n)
+        size = max(hi - lo, min_side)
+        size = min(int(size * scale) if scale is not None else size, n)
         start = (lo + hi) // 2 - size // 2
         start = min(max(start, 0), n - size)
         return start, start + size

@@ -6,7 +6,8 @@
   (III) proposals   anchors -> symmetric ROIs -> growth -> ranking -> NMS (focuslib.rois)
   (IV)  ranking     existence confidence c_yes of the top n_steps crops in ONE batched forward,
                     with the overrun rule
-  (V)   answer      open-ended generation on the best crop / union / canvas (A.5)
+  (V)   answer      open-ended generation on the best crop / union / canvas (A.5); multi-image models:
+                    the global view with the ROIs outlined + each crop, each image captioned (D10)
 
 Everything that happened is returned as a `Trace`. Search forward passes are counted the
 paper's way (decisions.md D12): one per target for the map + one per verified crop; target
@@ -211,11 +212,12 @@ class Focus:
     def compose(self, image: Image.Image, per_target: list[TargetTrace], qtype: int, notes: list[str]):
         """Final input (A.5). Returns (mode, images, boxes).
 
-        Type-2 targets contribute every ROI above t_type2, type-1 targets their best ROI. Multi-image
-        models get [global view with the boxes outlined, each crop] (D10). Single-image models follow
-        ZoomEye's code (D8/D9): each box enlarged around its centre to >= final_min_side, boxes within
-        2 * merge_buffer px merged, then one box -> crop; type-1 targets closer than t_obj_dist -> their
-        union; type-2 questions or far targets -> canvas of blocks scaled to canvas_max_crop_side.
+        Type-2 targets contribute every ROI above t_type2, type-1 targets their best ROI. As ZoomEye's code
+        does (D8/D9/D10), each box is enlarged around its centre to >= final_min_side (then x final_scale)
+        and boxes within 2 * merge_buffer px are merged. Multi-image models then get [global view with
+        those boxes outlined, one crop per box] (D10). Single-image models: one box -> crop; type-1
+        targets closer than t_obj_dist -> their union; type-2 questions or far targets -> canvas of blocks
+        scaled to canvas_max_crop_side.
         """
         cfg = self.config
         per_box: list[tuple[int, int, int, int]] = []
@@ -230,13 +232,13 @@ class Focus:
                 per_box.append(t.rois[t.best].box)
         if not per_box:
             return "whole", [image], []
-        if self.mllm.multi_image:
-            boxes = R.merge_overlapping(per_box) if qtype == 2 else per_box
-            return "multi-image", [highlight(image, boxes)] + [crop(image, b) for b in boxes], boxes
         W, H = image.size
-        if cfg.final_min_side:
-            per_box = [R.enlarge_box(b, cfg.final_min_side, W, H) for b in per_box]
+        if cfg.final_min_side or cfg.final_scale:
+            per_box = [R.enlarge_box(b, cfg.final_min_side or 0, W, H, cfg.final_scale) for b in per_box]
         boxes = R.merge_near(per_box, cfg.merge_buffer)
+        if self.mllm.multi_image:
+            # A.5: one global view with every ROI outlined + the individual crops; ZoomEye's views (D10)
+            return "multi-image", [highlight(image, boxes)] + [crop(image, b) for b in boxes], boxes
         far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(per_box, 2))
         if len(boxes) == 1:
             return ("union" if qtype == 1 and len(per_box) > 1 else "crop"), [crop(image, boxes[0])], boxes
@@ -289,8 +291,11 @@ class Focus:
             if not spec.targets:
                 notes.append("no target could be extracted from the question: answering on the whole image")
             mode, images, boxes = self.compose(image, per_target, spec.qtype, notes)
+            text = answer_prompt or question
+            if mode == "multi-image" and cfg.final_captions:
+                text = final_captions(len(images) - 1) + [text]   # one caption after each image (D10)
             with clock("answer"):
-                ans = m.generate(images, answer_prompt or question, max_new_tokens=cfg.max_new_tokens)
+                ans = m.generate(images, text, max_new_tokens=cfg.max_new_tokens)
         calls = calls_since(m, before)
         lr = None if cfg.map_variant == "random" or not spec.targets else cfg.resolved_layers(m.num_layers)
         return Trace(question=question, targets=spec.targets, qtype=spec.qtype, target_source=spec.source,
@@ -302,6 +307,19 @@ class Focus:
     def vanilla(self, image, question: str) -> str:
         """The base model on the whole image (the paper's vanilla baseline)."""
         return self.mllm.generate([load_image(image)], question, max_new_tokens=self.config.max_new_tokens)
+
+
+# Captions of the multi-image final input (ours; the structure of ZoomEye's two-image prompt, decisions.md D10):
+# the global view first, then each close-up, each caption right after its image.
+GLOBAL_CAPTION = "This is the whole image; the {what} outlined in red."
+CROP_CAPTION = "This is a close-up of {which}."
+
+
+def final_captions(n_crops: int) -> list[str]:
+    """Captions of [global view, crop 1, ..., crop n] (n >= 1), one per image, in image order."""
+    one = n_crops == 1
+    return ([GLOBAL_CAPTION.format(what="region of interest is" if one else "regions of interest are")]
+            + [CROP_CAPTION.format(which="the outlined region" if one else "one of the outlined regions")] * n_crops)
 
 
 def highlight(image: Image.Image, boxes, color=(255, 0, 0), width: int | None = None) -> Image.Image:

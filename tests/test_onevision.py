@@ -191,10 +191,12 @@ def test_trace_fp_and_interleaved_final_input(tiny_ov, monkeypatch):
     assert tr.search_fp == 1 + 3 and tr.model_calls["verify_crops"] == 3 and tr.model_calls["relevance"] == 1
     assert state["batches"] == [2, 1]
     assert all(0 <= r.box[0] < r.box[2] <= 700 and 0 <= r.box[1] < r.box[3] <= 500 for r in t.rois)
-    # final input: global view with the box outlined + the crop, EACH anyres-tiled (default, transformers 4.46)
+    # final input: global view with the box outlined + the crop (enlarged as ZoomEye's, D10), EACH anyres-tiled
+    # (default, transformers 4.46)
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 2
-    assert tr.final_images[0].size == img.size and tr.final_images[1].size == (
-        t.rois[2].box[2] - t.rois[2].box[0], t.rois[2].box[3] - t.rois[2].box[1])
+    box = R.enlarge_box(t.rois[2].box, 384, 700, 500, 1.2)
+    assert tr.chosen_boxes == [box] and tr.final_images[0].size == img.size
+    assert tr.final_images[1].size == (box[2] - box[0], box[3] - box[1])
     images, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]   # the final answer's input
     assert len(images) == 1 and len(images[0]) == 2 and texts[0].count("<image>") == 2
     want = sum(tiny_ov.num_image_tokens(im.size) for im in tr.final_images)
@@ -255,8 +257,8 @@ def test_multi_target_gives_global_view_plus_each_crop(tiny_ov, monkeypatch):
     f = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=1, overrun=False),
               map_hook=_hot({"cat": (5, 4), "dog": (8, 30)}))
     tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
-    boxes = [t.rois[t.best].box for t in tr.per_target]
-    assert tr.final_mode == "multi-image" and tr.search_fp == 2 and tr.chosen_boxes == boxes
+    boxes = [R.enlarge_box(t.rois[t.best].box, 384, 1500, 500, 1.2) for t in tr.per_target]   # far apart: kept
+    assert tr.final_mode == "multi-image" and tr.search_fp == 2 and tr.chosen_boxes == R.merge_near(boxes, 50) == boxes
     assert len(tr.final_images) == 3 and tr.final_images[0].size == img.size
     g = np.asarray(tr.final_images[0])
     for b in boxes:   # every chosen box is outlined in red on the global view
@@ -264,6 +266,71 @@ def test_multi_target_gives_global_view_plus_each_crop(tiny_ov, monkeypatch):
     _, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]
     want = tiny_ov.final_input_tokens([im.size for im in tr.final_images])
     assert texts[0].count("<image>") == 3 and int((inputs["input_ids"] == tiny_ov.image_token_id).sum()) == want
+
+
+# The final prompt of global-local models (decisions.md D10): ZoomEye's views (each ROI enlarged to >= the
+# encoder side x 1.2, near ones merged) and a caption after each image; the old input one config away.
+TWO_Q = "Is the cat on the left or right of the dog?"
+CAPTIONS_ONE = ["This is the whole image; the region of interest is outlined in red.",
+                "This is a close-up of the outlined region."]
+CAPTIONS_MANY = ["This is the whole image; the regions of interest are outlined in red.",
+                 "This is a close-up of one of the outlined regions.", "This is a close-up of one of the outlined regions."]
+OLD_FINAL = dict(final_min_side=None, final_scale=None, final_captions=False)
+
+
+def _final_input(m, family, monkeypatch, cells, question, size, **over):
+    """(image, trace, final images, the user turn's body, final inputs) of one FOCUS answer with hot cells."""
+    seen = _record_inputs(m, monkeypatch)
+    img = _noise(*size, seed=7)
+    f = Focus(m, preset(family, n_steps=1, overrun=False, **over), map_hook=_hot(cells))
+    tr = f.answer(img, question, targets=list(cells))
+    images, texts, inputs = seen[-1]                       # the final answer is the last model input
+    assert len(images) == 1 and images[0] == tr.final_images
+    body = texts[0].split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    return img, tr, images[0], body, inputs
+
+
+def check_final_prompt(m, family, monkeypatch, tag: str, side: int, size, one, far, near):
+    """tag: how the adapter writes one image followed by its caption ("{}" = the caption)."""
+    from focuslib.search import highlight
+    W, H = size
+    n_img = lambda inputs: int((inputs["input_ids"] == m.image_token_id).sum())
+    # one target: [global view with the ENLARGED ROI outlined, that view], each followed by its caption
+    img, tr, ims, body, inputs = _final_input(m, family, monkeypatch, one, Q, size)
+    raw = tr.per_target[0].rois[tr.per_target[0].best].box
+    box = R.enlarge_box(raw, side, W, H, 1.2)
+    zoomeye = lambda d, n: min(int(max(d, side) * 1.2), n)   # get_patch: max(side, encoder side) x 1.2, in the image
+    assert (box[2] - box[0], box[3] - box[1]) == (zoomeye(raw[2] - raw[0], W), zoomeye(raw[3] - raw[1], H))
+    assert box[2] - box[0] > raw[2] - raw[0] and box[3] - box[1] > raw[3] - raw[1]
+    assert tr.chosen_boxes == [box] and tr.final_mode == "multi-image" and len(ims) == 2
+    assert np.array_equal(np.asarray(ims[0]), np.asarray(highlight(img, [box])))
+    assert np.array_equal(np.asarray(ims[1]), np.asarray(img.crop(box)))
+    assert body == "".join(tag.format(c) for c in CAPTIONS_ONE) + Q
+    new_tokens, new_len = n_img(inputs), inputs["input_ids"].shape[1]
+    assert new_tokens == sum(m.num_image_tokens(im.size) for im in ims)
+    # the old input: the ROI as proposed, images first, no captions -- fewer image and text tokens
+    _, tr0, ims0, body0, inputs0 = _final_input(m, family, monkeypatch, one, Q, size, **OLD_FINAL)
+    assert tr0.chosen_boxes == [raw] and ims0[1].size == (raw[2] - raw[0], raw[3] - raw[1])
+    assert body0 == tag.split("{}")[0].rstrip("\n") * 2 + ("\n" if "<image>" in tag else "") + Q
+    assert n_img(inputs0) == sum(m.num_image_tokens(im.size) for im in ims0) < new_tokens
+    caption_tokens = len(m.tokenizer("".join(CAPTIONS_ONE)).input_ids)
+    assert new_len - inputs0["input_ids"].shape[1] >= new_tokens - n_img(inputs0) + caption_tokens
+    # two far targets: two close-ups, plural captions
+    img, tr, ims, body, _ = _final_input(m, family, monkeypatch, far, TWO_Q, size)
+    boxes = [R.enlarge_box(t.rois[t.best].box, side, W, H, 1.2) for t in tr.per_target]
+    assert tr.chosen_boxes == R.merge_near(boxes, 50) and len(tr.chosen_boxes) == 2 and len(ims) == 3
+    assert [im.size for im in ims[1:]] == [(b[2] - b[0], b[3] - b[1]) for b in tr.chosen_boxes]
+    assert body == "".join(tag.format(c) for c in CAPTIONS_MANY) + TWO_Q
+    # two near targets: their enlarged views merge into ONE close-up (ZoomEye's merge_bbox_list)
+    img, tr, ims, body, _ = _final_input(m, family, monkeypatch, near, TWO_Q, size)
+    boxes = [R.enlarge_box(t.rois[t.best].box, side, W, H, 1.2) for t in tr.per_target]
+    assert boxes[0] != boxes[1] and tr.chosen_boxes == [R.union_box(boxes)] and len(ims) == 2
+    assert body == "".join(tag.format(c) for c in CAPTIONS_ONE) + TWO_Q
+
+
+def test_final_prompt_captions_and_zoomeye_views(tiny_ov, monkeypatch):
+    check_final_prompt(tiny_ov, "llava-onevision", monkeypatch, "<image>\n{}\n", 384, (1500, 500),
+                       one={"cat": (5, 4)}, far={"cat": (5, 4), "dog": (8, 30)}, near={"cat": (5, 4), "dog": (5, 9)})
 
 
 def test_type2_selects_all_confident_rois(tiny_ov, monkeypatch):
@@ -274,8 +341,12 @@ def test_type2_selects_all_confident_rois(tiny_ov, monkeypatch):
     t = tr.per_target[0]
     assert tr.qtype == 2 and len(t.verified) == len(t.rois) > 2 and t.selected == [0, 3]
     assert tr.search_fp == 1 + len(t.rois)
-    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in (0, 3)])
+    assert tr.chosen_boxes == R.merge_near([R.enlarge_box(t.rois[i].box, 384, 600, 600, 1.2) for i in (0, 3)], 50)
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 1 + len(tr.chosen_boxes)
+    tr = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=2, k=8, final_min_side=None, final_scale=None,
+                               merge_buffer=0)).answer(_noise(600, 600, seed=4), "How many birds?", targets=["all birds"])
+    t = tr.per_target[0]   # ROIs as proposed: the overlapping ones merged (A.5)
+    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in t.selected or [t.best]])
 
 
 # ---- 4. batched verification -----------------------------------------------------------------------

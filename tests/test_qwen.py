@@ -14,7 +14,7 @@ from focuslib.config import preset
 from focuslib.models import EXISTENCE_PROMPT, QwenVLAdapter
 from focuslib.search import Focus
 from test_layout_llava import _inner, _paint
-from test_onevision import _hot, _noise, _record_inputs, changed_cells
+from test_onevision import _hot, _noise, _record_inputs, changed_cells, check_final_prompt
 from test_search import Q, scripted
 
 from _checks import assert_cache_is_projection
@@ -113,7 +113,7 @@ def test_multi_target_and_type2(tiny_qwen, monkeypatch):
     f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=1, overrun=False), map_hook=_hot({"cat": (3, 3), "dog": (8, 20)}))
     tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 3 and tr.search_fp == 2
-    assert tr.chosen_boxes == [t.rois[t.best].box for t in tr.per_target]
+    assert tr.chosen_boxes == [R.enlarge_box(t.rois[t.best].box, 448, 1400, 560, 1.2) for t in tr.per_target]
     fake, _ = scripted(tiny_qwen, {0, 2})
     monkeypatch.setattr(tiny_qwen, "existence_logits", fake)
     f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=2, k=6))
@@ -121,8 +121,16 @@ def test_multi_target_and_type2(tiny_qwen, monkeypatch):
     t = tr.per_target[0]
     assert tr.qtype == 2 and len(t.verified) == len(t.rois) > 2 and t.selected == [0, 2]
     assert tr.search_fp == 1 + len(t.rois)
-    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in (0, 2)])
+    assert tr.chosen_boxes == R.merge_near([R.enlarge_box(t.rois[i].box, 448, 1400, 1000, 1.2) for i in (0, 2)], 50)
     assert len(tr.final_images) == 1 + len(tr.chosen_boxes)
+
+
+def test_final_prompt_captions_and_zoomeye_views(tiny_qwen, monkeypatch):
+    """The same final prompt as OV (test_onevision.check_final_prompt) with Qwen's image tag and ZoomEye's
+    448 px Qwen input side (decisions.md D10)."""
+    check_final_prompt(tiny_qwen, "qwen2.5-vl", monkeypatch, "<|vision_start|><|image_pad|><|vision_end|>{}\n",
+                       448, (1400, 800), one={"cat": (3, 3)}, far={"cat": (3, 3), "dog": (8, 20)},
+                       near={"cat": (3, 3), "dog": (3, 6)})
 
 
 def test_batched_verification_equals_one_by_one(tiny_qwen):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -111,12 +112,19 @@ class OneVisionAdapter(MLLM):
     def load_processor(cls, name: str, **kw):
         return processor_class().from_pretrained(name, **kw)
 
-    def prompt(self, text: str, n_images: int) -> str:
-        # LLaVA's qwen_1_5 conversation (lmms-eval / ZoomEye): system turn, images first, then "\n" + text,
-        # ending where the answer starts (decisions.md D-RC2)
+    def prompt(self, text: str | Sequence[str], n_images: int) -> str:
+        """LLaVA's qwen_1_5 conversation (lmms-eval / ZoomEye): system turn, images first, then "\n" + text,
+        ending where the answer starts (decisions.md D-RC2). text = [caption per image..., question]: each
+        image is followed by "\n" + its caption + "\n" (ZoomEye's multi-image prompt, decisions.md D10)."""
         system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
-        return (system + "<|im_start|>user\n" + "<image>" * n_images + "\n" + text
-                + "<|im_end|>\n<|im_start|>assistant\n")
+        if isinstance(text, str):
+            body = "<image>" * n_images + "\n" + text
+        else:
+            *captions, text = text
+            if len(captions) != n_images:
+                raise ValueError(f"{len(captions)} captions for {n_images} images")
+            body = "".join(f"<image>\n{c}\n" for c in captions) + text
+        return system + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n"
 
     @property
     def decoder_layers(self):

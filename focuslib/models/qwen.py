@@ -18,6 +18,7 @@ image 77 x 137 = 10549; an HR-8K image (7431x5358) is shrunk to 108 x 150 = 1620
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -67,12 +68,20 @@ class QwenVLAdapter(MLLM):
     def load_processor(cls, name: str, **kw):
         return processor_class().from_pretrained(name, **kw)
 
-    def prompt(self, text: str, n_images: int) -> str:
-        # Qwen2.5-VL chat template with its default system turn, add_generation_prompt=True
+    def prompt(self, text: str | Sequence[str], n_images: int) -> str:
+        """Qwen2.5-VL chat template with its default system turn, add_generation_prompt=True. text = [caption
+        per image..., question]: each image followed by its caption + "\n", as the template renders
+        ZoomEye's [image, text, image, text] content (decisions.md D10)."""
         system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
-        return (system + "<|im_start|>user\n"
-                + "<|vision_start|><|image_pad|><|vision_end|>" * n_images
-                + text + "<|im_end|>\n<|im_start|>assistant\n")
+        vision = "<|vision_start|><|image_pad|><|vision_end|>"
+        if isinstance(text, str):
+            body = vision * n_images + text
+        else:
+            *captions, text = text
+            if len(captions) != n_images:
+                raise ValueError(f"{len(captions)} captions for {n_images} images")
+            body = "".join(f"{vision}{c}\n" for c in captions) + text
+        return system + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n"
 
     @property
     def decoder_layers(self):
