@@ -39,11 +39,11 @@ test-browser: $(STAMP) $(KERNEL)
 MINI_RUN ?= .cache/miniature-run
 MINI_OUT ?= data/models/miniature-llava-1.5
 miniature: $(STAMP)
-	$(PY) -m focuslib.miniature --out $(MINI_RUN) --ship $(MINI_OUT)
-	$(PY) -m focuslib.miniature_report --model $(MINI_OUT)
+	$(PY) -m focuslib.offline.miniature --out $(MINI_RUN) --ship $(MINI_OUT)
+	$(PY) -m focuslib.offline.miniature_report --model $(MINI_OUT)
 
 miniature-report: $(STAMP)
-	$(PY) -m focuslib.miniature_report --model $(MINI_OUT)
+	$(PY) -m focuslib.offline.miniature_report --model $(MINI_OUT)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -7,7 +7,7 @@
 
 Models: random weights, the real configurations (widths, heads, GQA, vocab sizes, vision towers, processors;
 /work/shared/notes/real-checkpoints.md) with the decoder cut to `--layers` and the vision tower to
-`--vision-layers` (default: full depth). Real tokenizers when focuslib.mini_real can build them, else the
+`--vision-layers` (default: full depth). Real tokenizers when focuslib.offline.mini_real can build them, else the
 tiny byte-level BPE (text token counts then differ a little; image token counts never do).
 
 Random weights would make every search path arbitrary, so the DECISIONS are scripted while every forward
@@ -62,9 +62,9 @@ ANSWER_AREA = 0.01            # c_a says Yes once the disc covers >= 1% of the e
 
 # ---- models -------------------------------------------------------------------------------------------------
 def _tokenizer(family: str, tmp: Path):
-    """The real tokenizer (focuslib.mini_real) or, without its assets, the tiny byte-level BPE."""
+    """The real tokenizer (focuslib.offline.mini_real) or, without its assets, the tiny byte-level BPE."""
     try:
-        from focuslib import mini_real as MR
+        from focuslib.offline import mini_real as MR
         if family == "llava-1.5":
             return MR.build_llama_tokenizer(tmp / "tok"), "real"
         specials = MR.OV_SPECIALS if family == "llava-onevision" else MR.QWEN_SPECIALS
@@ -75,7 +75,7 @@ def _tokenizer(family: str, tmp: Path):
                   "vision_end_token": "<|vision_end|>"})
         return MR.build_qwen_tokenizer(specials, named), "real"
     except Exception:   # noqa: BLE001 -- assets missing: fall back, and say so in the table
-        from focuslib import tiny as T
+        from focuslib.offline import tiny as T
         if family == "llava-1.5":
             return T.build_tokenizer(), "tiny BPE"
         if family == "llava-onevision":
@@ -98,7 +98,7 @@ def build_real(family: str, layers: int | None = None, vision_layers: int | None
     import transformers as T
 
     from focuslib.models import LlavaAdapter, OneVisionAdapter, QwenVLAdapter
-    from focuslib.tiny import OV_GRID_PINPOINTS
+    from focuslib.offline.tiny import OV_GRID_PINPOINTS
 
     a = REAL_ARCH[family]
     t, v = dict(a["text"]), dict(a["vision"])
@@ -332,10 +332,10 @@ def methods(n_steps=(1, 2, 4, 8), depths=(1, 2, 5), which=("vanilla", "focus", "
 
 def runner(mllm, method: Method, disc_box):
     """A callable (image, question) -> trace-like for `method` on `mllm` (already scripted)."""
-    from focuslib.baselines.vicrop import ViCrop, vicrop_preset
-    from focuslib.baselines.zoomeye import ZoomEye, zoomeye_preset
-    from focuslib.config import preset
-    from focuslib.search import Focus
+    from focuslib.eval.baselines.vicrop import ViCrop, vicrop_preset
+    from focuslib.eval.baselines.zoomeye import ZoomEye, zoomeye_preset
+    from focuslib.core.config import preset
+    from focuslib.core.search import Focus
 
     if method.kind == "vanilla":
         f = Focus(mllm, preset(mllm.family, "vstar"))
@@ -372,7 +372,7 @@ def measure(mllm, method: Method, image, disc_box, device: str, flops: bool = Tr
     """One question, `reps` runs: times of the fastest (a shared machine only ever adds time), counts and memory
     of the last, FLOPs counted by FlopCounterMode during the last (a few microseconds per op, negligible beside
     full-width matmuls)."""
-    from focuslib.baselines.vicrop import ensure_eager
+    from focuslib.eval.baselines.vicrop import ensure_eager
 
     switched = None
     if method.kind == "vicrop":
@@ -423,8 +423,8 @@ def measure(mllm, method: Method, image, disc_box, device: str, flops: bool = Tr
 
 def map_share(mllm, image, layers_frac=None) -> dict:
     """The relevance map's cost against the relevance forward it reads (same depth, same image)."""
-    from focuslib.config import preset
-    from focuslib.relevance import object_relevance
+    from focuslib.core.config import preset
+    from focuslib.core.relevance import object_relevance
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = preset(mllm.family, "vstar")
@@ -463,8 +463,8 @@ def map_share_full_depth(family: str, image_size: tuple[int, int], device: str =
     """The map at a FULL-depth 7B's value shapes for `image_size` against that model's prefill FLOPs (exact
     formula: 2 x parameters of every decoder layer x tokens + 4 x N^2 x hidden x layers for attention; the
     vision tower and the head excluded, i.e. the prefill is understated and the share overstated)."""
-    from focuslib.config import preset
-    from focuslib.relevance import object_relevance
+    from focuslib.core.config import preset
+    from focuslib.core.relevance import object_relevance
     from torch.utils.flop_counter import FlopCounterMode
 
     a = REAL_ARCH[family]["text"]
@@ -491,7 +491,7 @@ def _layout_only(family: str):
     """An adapter for token counts only (tiny weights, the real processor settings)."""
     import tempfile
 
-    from focuslib import tiny
+    from focuslib.offline import tiny
     from focuslib.models import load_mllm
     build = {"llava-1.5": tiny.build_tiny_llava, "llava-onevision": tiny.build_tiny_onevision,
              "qwen2.5-vl": lambda p: tiny.build_tiny_qwen25vl(p, max_pixels=12845056)}[family]
@@ -571,7 +571,7 @@ def main(argv=None) -> int:
         for size in a.sizes:
             image, disc = make_image(SIZES[size])
             # first-call overheads out of the figures, and the ICL prefix cache warm as after two questions
-            from focuslib.targets import icl_prompt
+            from focuslib.core.targets import icl_prompt
             for q in ("How many cars are there?", "Is the lamp on the left of the bus?"):
                 mllm.generate_text(icl_prompt(q))
             runner(mllm, Method("warm-up", "vanilla", {}), disc)(image, QUESTION)
@@ -623,7 +623,7 @@ def main(argv=None) -> int:
 
 
 def _leaf(family: str) -> int:
-    from focuslib.baselines.zoomeye import ZOOMEYE_PRESETS
+    from focuslib.eval.baselines.zoomeye import ZOOMEYE_PRESETS
     return int(ZOOMEYE_PRESETS[family]["min_patch"])
 
 

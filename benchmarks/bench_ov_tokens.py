@@ -34,7 +34,7 @@ def adapters(path: Path):
 
 def crop_sizes(ov, image_size=HR8K) -> dict[str, tuple[int, int]]:
     """Typical final crops on an image of `image_size`: s_min / s_max ROIs of the pooled map, and a merged pair."""
-    from focuslib.config import preset
+    from focuslib.core.config import preset
     cfg = preset("llava-onevision", "hrbench", n_steps=8)
     lay = ov.grid_layout(Image.new("RGB", image_size)).pooled(cfg.downsample)
     h, w = lay.shape
@@ -84,7 +84,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from focuslib.tiny import build_tiny_onevision
+    from focuslib.offline.tiny import build_tiny_onevision
     with tempfile.TemporaryDirectory() as d:
         rows = measure(build_tiny_onevision(Path(d) / "ov"))
     md = ("# LLaVA-OneVision final-input image tokens on HR-Bench-8K-sized inputs\n\n"

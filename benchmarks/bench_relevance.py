@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from focuslib.relevance import object_relevance
+from focuslib.core.relevance import object_relevance
 
 SHAPES = {  # name: (O, H_kv, N, D, n_visual, layers)
     "llava-1.5-7b": (32, 32, 640, 128, 576, range(14, 32)),

@@ -6,7 +6,7 @@ Tab. 12b: 50 expansion thresholds drawn from U(0.3, 0.7) leave LLaVA-1.5's V* ac
 (72.77 +- 0.00) and move OV's by 0.25; Tab. 12c: s_max has the largest impact; A.3: s_max sets a crop of
 1-2x the encoder's base resolution. So under the paper's rule the threshold must (almost) never change the
 top proposals, and the top ROI must (almost) always reach s_max. We compare both rules of
-`focuslib.rois.grow_roi`:
+`focuslib.core.rois.grow_roi`:
 
     map-mean  grow while mean(box) >= t * mean(map)        (the default)
     anchor    grow while mean(box) >= t * map[anchor]      (the earlier reading)
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from focuslib.config import preset
-from focuslib.relevance import smooth_and_downsample
-from focuslib.rois import propose_rois
+from focuslib.core.config import preset
+from focuslib.core.relevance import smooth_and_downsample
+from focuslib.core.rois import propose_rois
 
 MODELS = {  # name: (preset family, raw grid (h, w), valid rows of the raw grid or None, px per map cell)
     "llava-1.5": ("llava-1.5", (24, 24), (3, 21), 2246 / 24),

@@ -4,11 +4,12 @@
     mllm = load_mllm("llava-hf/llava-1.5-7b-hf")
     trace = Focus(mllm, preset(mllm.family, "vstar", n_steps=8)).answer("img.jpg", "What is the color of the car?")
 """
-from .config import FocusConfig, preset
-from .images import FocusInputError, load_image
-from .models import load_mllm
-from .relevance import object_relevance
-from .search import Focus, Trace
+
+from focuslib.core.config import FocusConfig, preset
+from focuslib.core.relevance import object_relevance
+from focuslib.core.search import Focus, Trace
+from focuslib.images import FocusInputError, load_image
+from focuslib.models import load_mllm
 
 __all__ = ["Focus", "Trace", "FocusConfig", "preset", "load_mllm", "object_relevance", "load_image",
            "FocusInputError"]

@@ -1,5 +1,5 @@
 """Command line: `focus ask` (one question about one image), `focus demo` (the embedded default) and
-`focus eval` (a method over a benchmark, focuslib.runner)."""
+`focus eval` (a method over a benchmark, focuslib.eval.runner)."""
 from __future__ import annotations
 
 import argparse
@@ -8,51 +8,25 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_CACHE = Path(os.environ.get("FOCUSLIB_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
-
-
-SHIPPED_MINIATURE = Path(__file__).resolve().parent.parent / "data" / "models" / "miniature-llava-1.5"
-
-
-def embedded_default() -> tuple[str, str | None]:
-    """Path of the embedded default model and a warning to print with it (None if none is due).
-
-    A miniature LLaVA-1.5 trained by `make miniature` becomes the default once it is shipped in
-    data/models/miniature-llava-1.5 (issue 7: attempt 1 is shipped; it answers at chance, see its card);
-    without it the random-weight tiny LLaVA-1.5 is built offline, and the warning says its answers are noise."""
-    if (SHIPPED_MINIATURE / "config.json").exists():
-        return str(SHIPPED_MINIATURE), None
-    from .tiny import TINY_LLAVA_NOTE
-    return random_tiny(), TINY_LLAVA_NOTE
-
-
-def random_tiny() -> str:
-    """The random-weight tiny LLaVA-1.5 (built offline on first use): mechanics only."""
-    from .tiny import build_tiny_llava
-    path = DEFAULT_CACHE / "tiny-llava-1.5"
-    if not (path / "config.json").exists():
-        print(f"building the tiny random-weight LLaVA-1.5 at {path} (offline, ~2 s) ...", file=sys.stderr)
-        build_tiny_llava(path)
-    return str(path)
-
+from focuslib.core.config import BENCHMARK_ALIASES, preset
+from focuslib.core.rois import box_iou
+from focuslib.core.search import Focus
+from focuslib.doctor import add_arguments as doctor_arguments, cmd_doctor
+from focuslib.eval.benchmarks import BenchmarkError, BENCHMARKS, get_spec
+from focuslib.eval.runner import barrier, check_writable, evaluate, exit_with_parent, shard_info
+from focuslib.eval.schemes import LLMJudge
+from focuslib.images import FocusInputError, load_image
+from focuslib.models import load_mllm
+from focuslib.offline import embedded, synthetic
+from focuslib.offline.synthetic_benchmarks import default_n, ensure_synthetic
+from focuslib.offline.tiny import model_note
+from focuslib.report.plots import plot_trace
 
 # ------------------------------------------------------------------------------------------------
 # checks of user input: each failure is one line naming what is wrong and what to do (exit code 2)
 
-MODEL_ALIASES = {"tiny": "the embedded default (the shipped miniature, else the random tiny LLaVA-1.5)",
-                 "random-tiny": "the random-weight tiny LLaVA-1.5 (built offline)"}
 DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .benchmarks import BenchmarkError
-    from .images import FocusInputError
-    return (FocusInputError, BenchmarkError)
-
-
-def _bad(msg: str):
-    from .images import FocusInputError
-    return FocusInputError(msg)
+USER_ERRORS = (FocusInputError, BenchmarkError)   # one-line messages, exit code 2
 
 
 def positive_int(text: str) -> int:
@@ -66,41 +40,6 @@ def positive_int(text: str) -> int:
     return v
 
 
-def aliases_help() -> str:
-    from .models import HUB_IDS
-    return ", ".join([*MODEL_ALIASES, *HUB_IDS])
-
-
-def resolve_model(arg: str) -> str:
-    """A model argument (alias, hub id or local directory) -> what load_mllm gets; checks local paths.
-
-    Aliases: 'tiny', 'random-tiny' and models.HUB_IDS, accepted by every command."""
-    from .models import HUB_IDS
-    if arg == "tiny":
-        return embedded_default()[0]
-    if arg == "random-tiny":
-        return random_tiny()
-    if arg in HUB_IDS:
-        return HUB_IDS[arg]
-    p = Path(arg).expanduser()
-    looks_local = p.exists() or arg.startswith((".", "/", "~")) or os.sep + os.sep in arg or arg.count("/") != 1
-    if not looks_local:
-        return arg  # a hub id "org/name"
-    if not p.exists():
-        raise _bad(f"model {arg!r} is neither a local directory nor a hub id (org/name) nor an alias "
-                   f"({aliases_help()})")
-    if not p.is_dir():
-        raise _bad(f"model {arg!r} is a file; give the checkpoint's directory (with config.json and weights)")
-    if not (p / "config.json").exists():
-        what = "is empty" if not any(p.iterdir()) else "has no config.json"
-        raise _bad(f"model directory {arg} {what}: not a Hugging Face checkpoint (download one with "
-                   "`hf download ID --local-dir DIR`, or use --model tiny)")
-    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
-        raise _bad(f"model directory {arg} has a config.json but no weights (*.safetensors / *.bin): an "
-                   "interrupted download? Download it again")
-    return str(p)
-
-
 def check_device(device: str | None) -> str | None:
     """None (auto), cpu, cuda, cuda:N or mps, and only a device torch can use."""
     if device is None:
@@ -108,29 +47,28 @@ def check_device(device: str | None) -> str | None:
     import torch
     kind, _, idx = device.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()) or (kind == "cpu" and idx):
-        raise _bad(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps (default: cuda if available)")
+        raise FocusInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps (default: cuda if available)")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise _bad(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+            raise FocusInputError(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
         if idx and int(idx) >= torch.cuda.device_count():
-            raise _bad(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+            raise FocusInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise _bad("--device mps: MPS is not available here; use --device cpu")
+        raise FocusInputError("--device mps: MPS is not available here; use --device cpu")
     return device
 
 
 def load_model(arg: str, device: str | None, dtype: str, **kw):
-    """resolve_model + check_device + load_mllm, with loading failures turned into one-line errors."""
-    from .models import load_mllm
-    path = resolve_model(arg)
+    """embedded.resolve_model + check_device + load_mllm, with loading failures turned into one-line errors."""
+    path = embedded.resolve_model(arg)
     device = check_device(device)
     try:
         return load_mllm(path, device=device, dtype=dtype, **kw), path
     except (OSError, ValueError, RuntimeError) as e:
-        if isinstance(e, _user_errors()):
+        if isinstance(e, USER_ERRORS):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _bad(first if arg in first or path in first else f"cannot load model {arg!r}: {first}") from e
+        raise FocusInputError(first if arg in first or path in first else f"cannot load model {arg!r}: {first}") from e
 
 
 def check_text(mllm, text: str, what: str) -> None:
@@ -143,7 +81,7 @@ def check_text(mllm, text: str, what: str) -> None:
                 if getattr(t, "special", True)}
     found = sorted(t for t in special if t and len(t) > 1 and t in text)
     if found:
-        raise _bad(f"the {what} contains the model's special token(s) {found}; remove them (images are given "
+        raise FocusInputError(f"the {what} contains the model's special token(s) {found}; remove them (images are given "
                    "with --image)")
 
 
@@ -156,12 +94,12 @@ def check_out_file(path: str | None, option: str) -> None:
     for q in (parent, *parent.parents):
         if q.exists():
             if not q.is_dir():
-                raise _bad(f"{option} {path}: {q} is a file, not a directory")
+                raise FocusInputError(f"{option} {path}: {q} is a file, not a directory")
             if not os.access(q, os.W_OK):
-                raise _bad(f"{option} {path}: {q} is not writable")
+                raise FocusInputError(f"{option} {path}: {q} is not writable")
             break
     if p.is_dir():
-        raise _bad(f"{option} {path} is a directory; give a file name")
+        raise FocusInputError(f"{option} {path} is a directory; give a file name")
 
 
 def check_targets(targets: list[str] | None) -> list[str] | None:
@@ -170,11 +108,11 @@ def check_targets(targets: list[str] | None) -> list[str] | None:
         return None
     names = [" ".join(t.split()) for t in targets]
     if not any(names):
-        raise _bad("--targets got only empty names; give object names (e.g. --targets 'red car') or leave "
+        raise FocusInputError("--targets got only empty names; give object names (e.g. --targets 'red car') or leave "
                    "--targets out to extract them from the question")
     for t in names:
         if t.lower() in ("all", "all of", "all of the", "all the"):
-            raise _bad(f"--targets {t!r} names no object; write 'all <object>' (e.g. 'all cars') for a "
+            raise FocusInputError(f"--targets {t!r} names no object; write 'all <object>' (e.g. 'all cars') for a "
                        "type-2 question")
     return [t for t in names if t]
 
@@ -210,15 +148,10 @@ def _inputs(a) -> dict:
 
 def cmd_ask(a) -> int:
     _quiet()
-    from .benchmarks import BENCHMARKS
-    from .config import BENCHMARK_ALIASES, preset
-    from .images import load_image
-    from .search import Focus
-    from .tiny import model_note
     if a.benchmark is not None and a.benchmark.lower() not in {*BENCHMARKS, *BENCHMARK_ALIASES}:
-        raise _bad(f"unknown --benchmark {a.benchmark!r} for the preset; known: {sorted({*BENCHMARKS, *BENCHMARK_ALIASES})}")
+        raise FocusInputError(f"unknown --benchmark {a.benchmark!r} for the preset; known: {sorted({*BENCHMARKS, *BENCHMARK_ALIASES})}")
     if not a.question.strip():
-        raise _bad("the question is empty; ask something about the image, e.g. --question 'What color is the car?'")
+        raise FocusInputError("the question is empty; ask something about the image, e.g. --question 'What color is the car?'")
     targets = check_targets(a.targets)
     check_device(a.device)
     check_out_file(a.json, "--json")
@@ -241,7 +174,6 @@ def cmd_ask(a) -> int:
     tr = Focus(mllm, cfg).answer(image, a.question, targets=targets)
     _print_trace(tr)
     if a.viz:
-        from .viz import plot_trace
         plot_trace(tr, image, a.viz)
         print(f"visualization: {a.viz}")
     if a.json:
@@ -251,17 +183,11 @@ def cmd_ask(a) -> int:
 
 def cmd_demo(a) -> int:
     _quiet()
-    from . import synthetic
-    from .config import preset
-    from .rois import box_iou
-    from .search import Focus
-    from .tiny import model_note
-    from .viz import plot_trace
     if a.model:
         mllm, path = load_model(a.model, a.device, a.dtype)
         note = None
     else:
-        path, note = embedded_default()
+        path, note = embedded.embedded_default()
         mllm, _ = load_model(path, a.device, a.dtype)
     print(f"model: {path} ({mllm.family}, {mllm.num_layers} layers)")
     if note:
@@ -270,7 +196,6 @@ def cmd_demo(a) -> int:
         print(f"note: {model_note(path) or 'no focuslib note'}")
     item = synthetic.generate(1, seed=a.seed)[0]
     out = Path(a.out)
-    from .runner import check_writable
     check_writable(out)
     item.image.save(out / "demo_image.jpg")
     print(f"image: {out / 'demo_image.jpg'} {item.image.size[0]}x{item.image.size[1]} (synthetic, seed {a.seed})")
@@ -291,10 +216,8 @@ def cmd_demo(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    """`focus eval`: a method over a benchmark, one JSON line per sample, resumable (focuslib.runner)."""
+    """`focus eval`: a method over a benchmark, one JSON line per sample, resumable (focuslib.eval.runner)."""
     _quiet()
-    from .benchmarks import get_spec
-    from .runner import check_writable, evaluate, exit_with_parent, shard_info
     spec = get_spec(a.benchmark)
     rank, world = shard_info()
     if world > 1:
@@ -303,16 +226,14 @@ def cmd_eval(a) -> int:
     check_writable(out)  # before the model loads, not after the whole run
     source, data_tag = a.data, None
     if a.data == "synthetic":
-        from .synthetic_benchmarks import default_n, ensure_synthetic
         if a.synthetic_size < 160:  # the synthetic scenes need room for background, targets and distractors
-            raise _bad(f"--synthetic-size {a.synthetic_size} is too small; use at least 160 (px)")
+            raise FocusInputError(f"--synthetic-size {a.synthetic_size} is too small; use at least 160 (px)")
         n = a.synthetic_n or default_n(spec.name, a.limit)
         size = (a.synthetic_size, a.synthetic_size * 3 // 4)
         source = out / "_data" / spec.name
         if rank == 0:
             ensure_synthetic(spec.name, source, n=n, size=size)
         if world > 1:
-            from .runner import barrier
             barrier()
         data_tag = f"synthetic {size[0]}x{size[1]} seed 0"  # n may grow: ids are prefix-stable
         if rank == 0:
@@ -320,7 +241,7 @@ def cmd_eval(a) -> int:
     elif a.data is not None:
         p = Path(a.data)
         if p.is_file() and p.suffix.lower() not in (".parquet", ".tsv", ".jsonl", ".json"):
-            raise _bad(f"--data {a.data} is a {p.suffix or 'plain'} file; give the benchmark's directory (as "
+            raise FocusInputError(f"--data {a.data} is a {p.suffix or 'plain'} file; give the benchmark's directory (as "
                        f"`hf download {spec.hub_id} --repo-type dataset --local-dir DIR` writes it), "
                        "a .parquet/.tsv/.jsonl file of it, or 'synthetic'")
     device = check_device(a.device)
@@ -335,8 +256,7 @@ def cmd_eval(a) -> int:
     baseline_options = {"depth": a.depth, "children": a.children, "high": a.high}
     judge = None
     if a.judge:
-        from .schemes import LLMJudge
-        judge = LLMJudge.from_pretrained(resolve_model(a.judge), device=device)
+        judge = LLMJudge.from_pretrained(embedded.resolve_model(a.judge), device=device)
     evaluate(mllm, spec, a.method, a.n_steps, a.limit, out, source=source, scheme=a.scheme,
              map_variant=a.map, ranking=not a.no_ranking, layers=a.layers, overrun=a.overrun,
              gt_targets=a.gt_targets, reuse_permutations=a.reuse_permutations, flops=a.flops, judge=judge,
@@ -361,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
     fmt = _DefaultsFormatter
-    models = f"model aliases: {aliases_help()}; or a hub id (org/name) or a local checkpoint directory"
+    models = f"model aliases: {embedded.aliases_help()}; or a hub id (org/name) or a local checkpoint directory"
 
     def common(p):
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (None: cuda if available)")
@@ -439,7 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(ev)
     ev.set_defaults(func=cmd_eval)
 
-    from .doctor import add_arguments as doctor_arguments, cmd_doctor
     doc = sub.add_parser("doctor", help="will a real run work here? environment, GPU, models, one question each",
                          formatter_class=fmt, epilog=models)
     doctor_arguments(doc)
@@ -458,7 +377,7 @@ def main(argv=None) -> int:
             raise
         print("\ninterrupted: finished samples are saved; run the same command again to resume", file=sys.stderr)
         return 130
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         if a.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

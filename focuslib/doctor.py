@@ -24,6 +24,13 @@ from pathlib import Path
 
 import torch
 
+from focuslib.core.config import preset
+from focuslib.core.search import Focus
+from focuslib.eval.benchmarks import BENCHMARKS, get_spec, load_benchmark
+from focuslib.models import (cached_snapshot, default_device, HUB_IDS, hub_reachable, load_mllm, resolve_dtype,
+    resolve_source)
+from focuslib.offline.synthetic_benchmarks import write_synthetic
+
 # parameters (billions) of the hub checkpoints, for the memory check before anything is downloaded or loaded
 PARAMS_B = {"llava-hf/llava-1.5-7b-hf": 7.06, "llava-hf/llava-onevision-qwen2-7b-ov-hf": 8.03,
             "Qwen/Qwen2.5-VL-7B-Instruct": 8.29}
@@ -133,7 +140,6 @@ def _numel(shape) -> int:
 
 def check_source(rep: Report, name: str) -> bool:
     """Local folder / hub reachability / HF cache; False when the model cannot be had."""
-    from .models import cached_snapshot, hub_reachable, resolve_source
     t0 = time.perf_counter()
     try:
         resolved, kw = resolve_source(name)
@@ -176,7 +182,6 @@ def check_memory(rep: Report, name: str, device: str, dtype: torch.dtype) -> Non
 def doctor_samples(data: str | None, limit_per_benchmark: int = 1):
     """[(benchmark name, sample)]: one per benchmark present under `data` (sub-folder named like the
     benchmark), or one built-in synthetic V*-style question."""
-    from .benchmarks import BENCHMARKS, load_benchmark
     out, errors = [], []
     if data:
         root = Path(data)
@@ -188,7 +193,6 @@ def doctor_samples(data: str | None, limit_per_benchmark: int = 1):
                 except Exception as e:   # reported as its own row
                     errors.append((name, f"{e.__class__.__name__}: {str(e).splitlines()[0]}"))
     if not out and not errors:
-        from .synthetic_benchmarks import write_synthetic
         tmp = Path(tempfile.mkdtemp(prefix="focus-doctor-"))
         write_synthetic("vstar", tmp / "vstar", n=1)
         out = [("synthetic", s) for s in load_benchmark("vstar", source=tmp / "vstar", limit=1)]
@@ -196,10 +200,6 @@ def doctor_samples(data: str | None, limit_per_benchmark: int = 1):
 
 
 def check_model(rep: Report, name: str, device: str, dtype, data: str | None, n_steps: int = 2) -> None:
-    from .benchmarks import get_spec
-    from .config import preset
-    from .models import load_mllm, resolve_dtype
-    from .search import Focus
 
     dt = resolve_dtype(dtype, device)
     if not check_source(rep, name):
@@ -248,7 +248,6 @@ def check_model(rep: Report, name: str, device: str, dtype, data: str | None, n_
 
 def run_doctor(models: list[str], device: str | None = None, dtype="auto", data: str | None = None,
                n_steps: int = 2) -> Report:
-    from .models import default_device
     device = device or default_device()
     rep = Report()
     check_environment(rep, device)
@@ -269,7 +268,6 @@ def main(argv=None) -> int:
 def add_arguments(ap) -> None:
     import argparse
 
-    from .models import HUB_IDS
     ap.add_argument("--model", default="all", help=f"alias ({', '.join(HUB_IDS)}), hub id, local folder, or 'all' "
                                                    "(the three paper models)")
     ap.add_argument("--data", default=None, help="folder with one sub-folder per benchmark (vstar, hrbench_4k, "
@@ -282,7 +280,6 @@ def add_arguments(ap) -> None:
 
 
 def cmd_doctor(a) -> int:
-    from .models import HUB_IDS
     models = list(HUB_IDS.values()) if a.model == "all" else [a.model]
     rep = run_doctor(models, device=a.device, dtype=a.dtype, data=a.data, n_steps=a.n_steps)
     print(rep.table())

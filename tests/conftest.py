@@ -9,7 +9,7 @@ torch.set_num_threads(1)
 
 
 def _build(tmp_path_factory, builder: str, name: str):
-    from focuslib import tiny
+    from focuslib.offline import tiny
     return getattr(tiny, builder)(tmp_path_factory.mktemp("models") / name, seed=0)
 
 
@@ -19,13 +19,13 @@ def _load(path):
 
 
 # Every model test runs on the tiny checkpoints AND on the mini-real ones (issue 13: the hub checkpoints' real
-# tokenizers, ids, processor files and config fields at tiny widths, focuslib.mini_real). FOCUS_TEST_FLAVOURS
+# tokenizers, ids, processor files and config fields at tiny widths, focuslib.offline.mini_real). FOCUS_TEST_FLAVOURS
 # ("tiny", "mini-real" or both, comma-separated) narrows it for a quick local run.
 FLAVOURS = [f for f in os.environ.get("FOCUS_TEST_FLAVOURS", "tiny,mini-real").split(",") if f]
 
 
 def _mini(tmp_path_factory, family: str):
-    from focuslib.mini_real import build_mini_real
+    from focuslib.offline.mini_real import build_mini_real
     return build_mini_real(family, tmp_path_factory.mktemp("mini-real") / family, seed=0)
 
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from focuslib.config import preset
+from focuslib.core.config import preset
 from focuslib.images import FocusInputError, load_image
-from focuslib.search import Focus
+from focuslib.core.search import Focus
 
 Q = "What is the color of the umbrella?"
 

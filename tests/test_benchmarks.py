@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from focuslib.benchmarks import BENCHMARKS, BenchmarkError, decode_image, get_spec, load_benchmark
+from focuslib.eval.benchmarks import BENCHMARKS, BenchmarkError, decode_image, get_spec, load_benchmark
 from focuslib.images import FocusInputError
-from focuslib.synthetic_benchmarks import write_synthetic
+from focuslib.offline.synthetic_benchmarks import write_synthetic
 
 SIZE = (160, 120)
 

@@ -4,7 +4,7 @@ import torch
 
 from focuslib.cli import main
 from focuslib.doctor import run_doctor
-from focuslib.synthetic_benchmarks import write_synthetic
+from focuslib.offline.synthetic_benchmarks import write_synthetic
 
 
 def _rows(rep):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from focuslib.models import load_mllm
-from focuslib.targets import icl_prompt
+from focuslib.core.targets import icl_prompt
 
 # the kind of generation_config Qwen2.5-VL-7B-Instruct ships (repetition_penalty 1.05, sampling on)
 CHECKPOINT_SAMPLING = dict(repetition_penalty=1.05, do_sample=True, temperature=0.1, top_p=0.001, top_k=1)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from focuslib import metrics as M
+from focuslib.eval import metrics as M
 
 
 def test_exact_match_is_the_papers_rule():

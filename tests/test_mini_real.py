@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib import mini_real
-from focuslib.benchmarks import BenchmarkError, get_spec, load_benchmark
-from focuslib.config import SYSTEM_LINES, VICUNA_V1_SYSTEM
+from focuslib.offline import mini_real
+from focuslib.eval.benchmarks import BenchmarkError, get_spec, load_benchmark
+from focuslib.core.config import SYSTEM_LINES, VICUNA_V1_SYSTEM
 from focuslib.models import load_mllm, resolve_source
 
 PATHS = {"llava-1.5": "mini_llava_path", "llava-onevision": "mini_ov_path", "qwen2.5-vl": "mini_qwen_path"}

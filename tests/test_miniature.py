@@ -1,4 +1,4 @@
-"""The miniature's world, batches and training loop (focuslib.miniature); no training beyond a few micro steps."""
+"""The miniature's world, batches and training loop (focuslib.offline.miniature); no training beyond a few micro steps."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from focuslib import miniature as M
-from focuslib import synthetic
+from focuslib.offline import miniature as M
+from focuslib.offline import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_word_scene_covers_the_object_area():
 
 
 def test_tokenizer_knows_every_word_the_kit_sends(processor):
-    from focuslib.targets import icl_prompt
+    from focuslib.core.targets import icl_prompt
     tok = processor.tokenizer
     items = synthetic.generate(6, seed=3)
     texts = [M.chat(it.text) for it in items] + [icl_prompt(it.question) for it in items]
@@ -109,7 +109,7 @@ def test_batches_are_deterministic_and_supervise_answers_only(stage, processor):
 
 
 def test_icl_batches_teach_the_target_format(processor):
-    from focuslib.targets import parse_targets
+    from focuslib.core.targets import parse_targets
     r = M.Recipe(batch={"V": 4, "T": 8, "A": 4, "I": 8})
     b = M.make_batch(r, "T", M.ICL_EVERY - 1, processor)
     tok = processor.tokenizer
@@ -169,7 +169,7 @@ def test_saved_miniature_loads_through_the_llava_adapter(tmp_path):
 
 # ---- the shipped miniature (data/models/miniature-llava-1.5), the embedded default ------------------
 
-from focuslib.cli import SHIPPED_MINIATURE, embedded_default  # noqa: E402
+from focuslib.offline.embedded import SHIPPED_MINIATURE, embedded_default  # noqa: E402
 
 shipped = pytest.mark.skipif(not (SHIPPED_MINIATURE / "config.json").exists(), reason="no miniature shipped")
 
@@ -190,7 +190,7 @@ def test_shipped_miniature_is_the_embedded_default_and_says_what_it_is():
 @shipped
 def test_shipped_miniature_answers_in_the_benchmark_formats():
     """A random-weight model emits arbitrary tokens; the trained one answers with an option letter and Yes/No."""
-    from focuslib import synthetic
+    from focuslib.offline import synthetic
     from focuslib.models import load_mllm
     mllm = load_mllm(str(SHIPPED_MINIATURE))
     assert mllm.grid == 12 and mllm.num_layers == 8

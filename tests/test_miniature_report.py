@@ -1,4 +1,4 @@
-"""The miniature's measurement code (focuslib.miniature_report) on planted signals: a map that points at
+"""The miniature's measurement code (focuslib.offline.miniature_report) on planted signals: a map that points at
 the queried object must score 100% hit@1 and be name-specific; the saliency baseline must find a planted
 saturated patch; the verdict must say "met" only when the numbers meet the issue's goals."""
 from dataclasses import replace
@@ -6,8 +6,8 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from focuslib import miniature_report as R
-from focuslib import synthetic
+from focuslib.offline import miniature_report as R
+from focuslib.offline import synthetic
 
 
 def _cell_map(layout, box):

@@ -28,7 +28,7 @@ def built_default():
     """Build the embedded default once, under a lock (parallel workers would race on .cache/)."""
     from filelock import FileLock
 
-    from focuslib.cli import DEFAULT_CACHE, embedded_default
+    from focuslib.offline.embedded import DEFAULT_CACHE, embedded_default
     DEFAULT_CACHE.mkdir(parents=True, exist_ok=True)
     with FileLock(str(DEFAULT_CACHE / "tiny-llava-1.5.lock")):
         return embedded_default()[0]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib import rois as R
-from focuslib.config import preset
+from focuslib.core import rois as R
+from focuslib.core.config import preset
 from focuslib.models import EXISTENCE_PROMPT, OneVisionAdapter
-from focuslib.search import Focus
+from focuslib.core.search import Focus
 from test_layout_llava import _inner, _paint   # same painting helpers as LLaVA-1.5
 from test_search import Q, scripted
 
@@ -292,7 +292,7 @@ def _final_input(m, family, monkeypatch, cells, question, size, **over):
 
 def check_final_prompt(m, family, monkeypatch, tag: str, side: int, size, one, far, near):
     """tag: how the adapter writes one image followed by its caption ("{}" = the caption)."""
-    from focuslib.search import highlight
+    from focuslib.core.search import highlight
     W, H = size
     n_img = lambda inputs: int((inputs["input_ids"] == m.image_token_id).sum())
     # one target: [global view with the ENLARGED ROI outlined, that view], each followed by its caption

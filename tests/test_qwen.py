@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib import rois as R
-from focuslib.config import preset
+from focuslib.core import rois as R
+from focuslib.core.config import preset
 from focuslib.models import EXISTENCE_PROMPT, QwenVLAdapter
-from focuslib.search import Focus
+from focuslib.core.search import Focus
 from test_layout_llava import _inner, _paint
 from test_onevision import _hot, _noise, _record_inputs, changed_cells, check_final_prompt
 from test_search import Q, scripted
@@ -162,7 +162,7 @@ REAL_GRIDS = {"vstar": ((2246, 1582), (56, 80)), "hrbench_4k": ((4024, 3503), (1
 def test_default_pixel_bounds_are_the_checkpoints(tiny_qwen, tiny_qwen_path):
     """Qwen2.5-VL-7B-Instruct's preprocessor_config.json: min_pixels 3136, max_pixels 12845056 (not
     28*28*1280 = 1003520, which gives V*Bench a 30 x 42 grid instead of 56 x 80)."""
-    from focuslib.config import INPUTS
+    from focuslib.core.config import INPUTS
     assert (tiny_qwen.min_pixels, tiny_qwen.max_pixels) == (3136, 12845056) == tuple(INPUTS["qwen2.5-vl"].values())
     saved = json.loads((tiny_qwen_path / "processor_config.json").read_text())["image_processor"]["size"]
     assert (saved["shortest_edge"], saved["longest_edge"]) == (3136, 12845056)     # the tiny builder's default
@@ -188,11 +188,11 @@ def test_preset_crop_spans_1_to_2x_base_resolution(tiny_qwen, bench):
 
 
 def test_cli_max_pixels_reaches_the_adapter(tiny_qwen_path, tmp_path, monkeypatch, capsys):
-    import focuslib.models as models
+    from focuslib import cli
     from focuslib.cli import main
     seen = []
-    real = models.load_mllm
-    monkeypatch.setattr(models, "load_mllm", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    real = cli.load_mllm
+    monkeypatch.setattr(cli, "load_mllm", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
     img = tmp_path / "img.png"
     _noise(1000, 330).save(img)
     assert main(["ask", "--model", str(tiny_qwen_path), "--image", str(img), "--question", "Is the kite red?",

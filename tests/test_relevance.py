@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from focuslib.relevance import object_relevance, random_relevance, smooth_and_downsample
+from focuslib.core.relevance import object_relevance, random_relevance, smooth_and_downsample
 
 
 def fig7_reference(X, x_target, x_visual, x_layer, clamp_negative, literal=False):

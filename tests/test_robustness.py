@@ -8,12 +8,12 @@ import zlib
 import pytest
 from PIL import Image
 
-from focuslib import cli
 from focuslib.cli import build_parser, main
-from focuslib.config import preset
-from focuslib.runner import RunError, evaluate, merge_shards, read_records, run_lock, unique_records
-from focuslib.search import Focus
-from focuslib.synthetic_benchmarks import MARKER, default_n, ensure_synthetic, write_synthetic
+from focuslib.core.config import preset
+from focuslib.eval.runner import RunError, evaluate, merge_shards, read_records, run_lock, unique_records
+from focuslib.core.search import Focus
+from focuslib.offline import embedded
+from focuslib.offline.synthetic_benchmarks import MARKER, default_n, ensure_synthetic, write_synthetic
 
 SIZE = (160, 120)
 Q = "What is the color of the umbrella?"
@@ -118,7 +118,7 @@ def test_layer_messages_name_both_depths():
 
 
 def test_debug_flag_shows_the_traceback(tiny_llava_path):
-    from focuslib.benchmarks import BenchmarkError
+    from focuslib.eval.benchmarks import BenchmarkError
     with pytest.raises(BenchmarkError):
         main(["--debug", "eval", "--model", str(tiny_llava_path), "--benchmark", "nosuch"])
 
@@ -126,7 +126,7 @@ def test_debug_flag_shows_the_traceback(tiny_llava_path):
 def test_ctrl_c_is_one_line(tiny_llava_path, tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr("focuslib.runner.evaluate", interrupted)
+    monkeypatch.setattr("focuslib.cli.evaluate", interrupted)   # cli binds evaluate at import
     rc, out, err = run(["eval", "--model", tiny_llava_path, "--benchmark", "vstar", "--data", "synthetic",
                         "--synthetic-size", "160", "--limit", "1", "--out", tmp_path, "--device", "cpu"], capsys)
     assert rc == 130 and "run the same command again to resume" in err and "Traceback" not in err
@@ -148,11 +148,11 @@ def test_every_option_has_help_with_its_default():
 
 def test_model_aliases_everywhere(tiny_llava_path, files, capsys, monkeypatch):
     """`focus ask --model tiny` works as `focus eval --model tiny` does (one resolver)."""
-    monkeypatch.setattr(cli, "embedded_default", lambda: (str(tiny_llava_path), None))
+    monkeypatch.setattr(embedded, "embedded_default", lambda: (str(tiny_llava_path), None))
     rc, out, err = run(_ask("tiny", files), capsys)
     assert rc == 0 and "answer:" in out and "relevance layers [" in out
-    assert cli.resolve_model("llava-1.5-7b") == "llava-hf/llava-1.5-7b-hf"
-    assert cli.resolve_model("org/name") == "org/name"
+    assert embedded.resolve_model("llava-1.5-7b") == "llava-hf/llava-1.5-7b-hf"
+    assert embedded.resolve_model("org/name") == "org/name"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_empty_meta_json_is_a_one_line_error(tiny_llava_path, tmp_path, capsys):
 
 
 def test_interrupted_generation_leaves_no_half_benchmark(tmp_path, monkeypatch):
-    import focuslib.synthetic_benchmarks as SB
+    import focuslib.offline.synthetic_benchmarks as SB
     root = tmp_path / "_data" / "vstar"
     real = SB.write_synthetic
 
@@ -275,7 +275,7 @@ def test_interrupted_generation_leaves_no_half_benchmark(tmp_path, monkeypatch):
     root.mkdir(parents=True)
     (root / "test_questions.jsonl").write_text('{"image": "x.jpg"')
     ensure_synthetic("vstar", root, n=4, size=SIZE, log=lambda m: None)
-    from focuslib.benchmarks import load_benchmark
+    from focuslib.eval.benchmarks import load_benchmark
     assert len(load_benchmark("vstar", source=root)) == 4 and (root / MARKER).exists()
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary dirs left
 
@@ -286,7 +286,7 @@ def test_synthetic_n_follows_the_request(tmp_path, tiny_llava_path, capsys):
     ensure_synthetic("vstar", root, n=3, size=SIZE)
     msgs = []
     ensure_synthetic("vstar", root, n=5, size=SIZE, log=msgs.append)  # was silently ignored before
-    from focuslib.benchmarks import load_benchmark
+    from focuslib.eval.benchmarks import load_benchmark
     assert len(load_benchmark("vstar", source=root)) == 5 and "writing it again with n=5" in msgs[0]
     argv = ["eval", "--model", tiny_llava_path, "--benchmark", "vstar", "--method", "vanilla", "--data", "synthetic",
             "--synthetic-size", "160", "--limit", "10", "--out", tmp_path / "o", "--device", "cpu", "--no-progress"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from focuslib.runner import read_records
+from focuslib.eval.runner import read_records
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
        "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

@@ -1,4 +1,4 @@
-"""Tests for focuslib.rois: ROI proposal (paper sec. 3.3 / A.5) and box geometry."""
+"""Tests for focuslib.core.rois: ROI proposal (paper sec. 3.3 / A.5) and box geometry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.rois import (
+from focuslib.core.rois import (
     CANVAS_RESAMPLE,
     Roi,
     box_center,

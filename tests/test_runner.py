@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from focuslib.benchmarks import load_benchmark
+from focuslib.eval.benchmarks import load_benchmark
 from focuslib.cli import main
-from focuslib.config import preset
-from focuslib.runner import evaluate, merge_shards, read_records
-from focuslib.schemes import LLMJudge, logits_match, parse_verdict
-from focuslib.search import Focus
-from focuslib.synthetic_benchmarks import write_synthetic
+from focuslib.core.config import preset
+from focuslib.eval.runner import evaluate, merge_shards, read_records
+from focuslib.eval.schemes import LLMJudge, logits_match, parse_verdict
+from focuslib.core.search import Focus
+from focuslib.offline.synthetic_benchmarks import write_synthetic
 
 SIZE = (160, 120)
 
@@ -161,7 +161,7 @@ def test_judge_prompt_and_parsing_with_a_scripted_judge(tiny_llava, vstar_dir, t
 def test_judge_runs_a_tiny_random_qwen2(tmp_path):
     import torch
     import transformers as T
-    from focuslib.tiny import build_tokenizer
+    from focuslib.offline.tiny import build_tokenizer
     tok = build_tokenizer()
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

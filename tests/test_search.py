@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib import rois as R
-from focuslib.config import preset, replace
+from focuslib.core import rois as R
+from focuslib.core.config import preset, replace
 from focuslib.models.base import yes_confidence
-from focuslib.search import Focus
+from focuslib.core.search import Focus
 
 Q = "What is the color of the car?\n(A) red\n(B) blue\nAnswer with the option's letter from the given choices directly."
 

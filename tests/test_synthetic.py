@@ -1,10 +1,10 @@
-"""Tests for focuslib.synthetic: determinism, GT correctness, V*Bench round trip, odd aspect ratios."""
+"""Tests for focuslib.offline.synthetic: determinism, GT correctness, V*Bench round trip, odd aspect ratios."""
 import json
 
 import numpy as np
 import pytest
 
-from focuslib.synthetic import (
+from focuslib.offline.synthetic import (
     COLORS,
     INSTRUCTION,
     LETTERS,

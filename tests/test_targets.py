@@ -1,7 +1,7 @@
-"""Tests for focuslib.targets: ICL prompt, parsing, keyword fallback, extract_targets policy."""
+"""Tests for focuslib.core.targets: ICL prompt, parsing, keyword fallback, extract_targets policy."""
 import pytest
 
-from focuslib.targets import (
+from focuslib.core.targets import (
     TargetSpec,
     extract_targets,
     icl_prompt,
@@ -226,5 +226,5 @@ def test_keyword_and_user_types_per_target():
     ("glass", "glass"), ("watches", "watch"), ("cars on the left", "car on the left"), ("movies", "movie"),
 ])
 def test_singular_phrase(plural, singular):
-    from focuslib.targets import singular_phrase
+    from focuslib.core.targets import singular_phrase
     assert singular_phrase(plural) == singular

@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.baselines import make_baseline
-from focuslib.baselines.vicrop import (GENERIC_PROMPT, MAP_SUFFIX, AttentionImplementationError, ViCrop,
+from focuslib.eval.baselines import make_baseline
+from focuslib.eval.baselines.vicrop import (GENERIC_PROMPT, MAP_SUFFIX, AttentionImplementationError, ViCrop,
                                        attn_implementation, ensure_eager, regrid, select_box, split_grid, tiles,
                                        vicrop_preset)
 from focuslib.models import load_mllm
 from focuslib.models.base import TokenLayout
-from focuslib.runner import evaluate
+from focuslib.eval.runner import evaluate
 
 PAPER = Path(__file__).resolve().parents[1] / "data" / "paper_results.csv"
 

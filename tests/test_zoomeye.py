@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.baselines.zoomeye import (FP_PURPOSES, ZOOM_INTRO, Node, ZoomEye, expected_fp_full_tree, grow, split,
+from focuslib.eval.baselines.zoomeye import (FP_PURPOSES, ZOOM_INTRO, Node, ZoomEye, expected_fp_full_tree, grow, split,
                                         tree_depth, zoomeye_preset)
 from focuslib.cli import main
-from focuslib.runner import evaluate, read_records
-from focuslib.synthetic_benchmarks import write_synthetic
+from focuslib.eval.runner import evaluate, read_records
+from focuslib.offline.synthetic_benchmarks import write_synthetic
 
 W, H = 1024, 768
 TL, TR, BL, BR = (0, 0, 512, 384), (512, 0, 1024, 384), (0, 384, 512, 768), (512, 384, 1024, 768)

@@ -6,10 +6,11 @@ import re
 
 import torch
 
-from .base import EXISTENCE_PROMPT, MLLM, RelevancePass, TokenLayout, yes_confidence
-from .llava import LlavaAdapter
-from .onevision import OneVisionAdapter
-from .qwen import QwenVLAdapter
+from focuslib.models.base import EXISTENCE_PROMPT, MLLM, RelevancePass, TokenLayout, yes_confidence
+from focuslib.models.llava import LlavaAdapter
+from focuslib.models.onevision import OneVisionAdapter
+from focuslib.models.qwen import QwenVLAdapter
+
 
 # config.model_type -> (adapter class, transformers model class name)
 FAMILIES: dict[str, tuple[type[MLLM], str]] = {

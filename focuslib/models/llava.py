@@ -12,8 +12,9 @@ import warnings
 import torch
 from PIL import Image
 
-from ..images import pad_to_square
-from .base import MLLM, TokenLayout
+from focuslib.core.config import SYSTEM_LINES
+from focuslib.images import pad_to_square
+from focuslib.models.base import MLLM, TokenLayout
 
 
 def fix_processor(processor, config) -> list[str]:
@@ -47,7 +48,6 @@ class LlavaAdapter(MLLM):
 
     def __init__(self, model, processor, name: str = "", system: str | None = None):
         """system: the chat format's system line (default config.SYSTEM_LINES: vicuna_v1's; "" = none)."""
-        from ..config import SYSTEM_LINES
         super().__init__(model, processor, name)
         self.system = SYSTEM_LINES[self.family] if system is None else system
         self.processor_fixes = fix_processor(processor, model.config)

@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from .base import MLLM, TokenLayout
+from focuslib.core.config import INPUTS, SYSTEM_LINES
+from focuslib.models.base import MLLM, TokenLayout
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +84,6 @@ class OneVisionAdapter(MLLM):
         interleave: several images in one prompt: "anyres" (each tiled as if alone, the paper's
         transformers 4.46 behaviour; default, config.INPUTS) or "native" (OV's multi-image mode, 730 each).
         system: the chat format's system line (default config.SYSTEM_LINES, "" = none)."""
-        from ..config import SYSTEM_LINES
         super().__init__(model, processor, name)
         self.system = SYSTEM_LINES[self.family] if system is None else system
         cfg = model.config
@@ -95,7 +95,6 @@ class OneVisionAdapter(MLLM):
             cfg.image_grid_pinpoints = [list(p) for p in image_grid_pinpoints]
         processor.vision_aspect_ratio = cfg.vision_aspect_ratio
         processor.image_processor.image_grid_pinpoints = [list(p) for p in cfg.image_grid_pinpoints]
-        from ..config import INPUTS
         interleave = INPUTS[self.family]["interleave"] if interleave is None else interleave
         if interleave not in ("native", "anyres"):
             raise ValueError("interleave must be 'native' or 'anyres'")

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from .base import MLLM, TokenLayout
+from focuslib.core.config import INPUTS, SYSTEM_LINES
+from focuslib.models.base import MLLM, TokenLayout
+
 
 SYSTEM = "You are a helpful assistant."   # Qwen2.5-VL chat template's default system turn (config.SYSTEM_LINES)
 
@@ -51,7 +53,6 @@ class QwenVLAdapter(MLLM):
         """min_pixels / max_pixels: bounds of smart_resize (default: `config.INPUTS["qwen2.5-vl"]`, the
         values the preset is tuned for = Qwen2.5-VL-7B-Instruct's own, 3136 and 12845056), whatever the
         checkpoint's processor config says."""
-        from ..config import INPUTS, SYSTEM_LINES
         super().__init__(model, processor, name)
         self.system = SYSTEM_LINES[self.family] if system is None else system   # "" = no system turn
         default = INPUTS[self.family]

@@ -321,7 +321,7 @@ def test_explorer_in_browser(lab, browser):
     assert readout(drv, ".focus-sample") == "0"
     move_slider(drv, ".focus-sample", 0, "\ue014", 1)   # ArrowRight
     wait_for(lambda: readout(drv, ".focus-sample") == "1", 10, "sample slider at 1")
-    from focuslib.cli import embedded_default
+    from focuslib.offline.embedded import embedded_default
     from focuslib.report import ours_label
     label = ours_label(embedded_default()[0])   # e.g. "ours (miniature-llava-1.5, synthetic-trained)"
     png1, st1, busy1 = run_focus(drv, ["vstar #1", "answer", "search FPs", "model calls", label], None)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 
+from focuslib.models import default_device, resolve_dtype
+
 
 @torch.no_grad()
 def option_logprob(mllm, images: Sequence[Image.Image], question: str, sentence: str) -> float:
@@ -100,7 +102,6 @@ class LLMJudge:
         """A transformers causal LM (default Qwen2.5-7B-Instruct, a GPU node) with greedy decoding."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import default_device, resolve_dtype
         device = device or default_device()
         try:
             tok = AutoTokenizer.from_pretrained(name)

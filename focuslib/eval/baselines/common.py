@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from ..models.base import yes_confidence
+from focuslib.models.base import yes_confidence
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ summary counts each id once (the last record).
 
 Methods: "vanilla" (the base model on the whole image) and "focus"; the paper's ablations are
 options of focus: map_variant random | kk | vv, ranking=False, layers=(l, L), overrun.
-Baselines (focuslib.baselines, decisions.md D22): "zoomeye" and "vicrop-rel" / "vicrop-grad", with
+Baselines (focuslib.eval.baselines, decisions.md D22): "zoomeye" and "vicrop-rel" / "vicrop-grad", with
 `baseline_options` (depth, children / high, ...); same records, FP / time / memory / FLOPs accounting.
 Schemes: "generate" (default: open-ended generation with the options in the prompt, exact match),
 "logits" (V*Bench logits matching, C.5), "open" (V*Bench without options, LLM judge, C.2).
@@ -33,11 +33,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from . import metrics as M
-from .benchmarks import BenchmarkSpec, Sample, get_spec, load_benchmark
-from .images import FocusInputError
+from focuslib.core.config import preset
+from focuslib.core.search import Focus
+from focuslib.eval import metrics as M
+from focuslib.eval.baselines import baseline_tag, make_baseline
+from focuslib.eval.benchmarks import BenchmarkSpec, get_spec, load_benchmark, Sample
+from focuslib.eval.schemes import logits_match
+from focuslib.images import FocusInputError
 
-METHODS = ("vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad")  # baselines: focuslib.baselines
+
+METHODS = ("vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad")  # baselines: focuslib.eval.baselines
 SCHEMES = ("generate", "logits", "open")
 
 
@@ -271,7 +276,7 @@ class RunSettings:
                 abl.append("no-overrun")
             if self.gt_targets:
                 abl.append("gt-targets")
-        elif self.config.get("_tag"):  # baselines (focuslib.baselines): their options
+        elif self.config.get("_tag"):  # baselines (focuslib.eval.baselines): their options
             abl.append(self.config["_tag"])
             if self.gt_targets and self.method == "zoomeye":
                 abl.append("gt-targets")
@@ -286,7 +291,6 @@ class RunSettings:
 
 def _config(mllm, spec: BenchmarkSpec, n_steps: int, scheme: str, map_variant=None, ranking=True, layers=None,
             overrun=None, config_overrides=None):
-    from .config import preset
     over = dict(config_overrides or {})
     if map_variant:
         over["map_variant"] = map_variant
@@ -324,7 +328,6 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
 
     One writer per results file (`run_lock`); records carry `finished_at`; the summary counts each id once.
     """
-    from .search import Focus
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS} (ablations are options of focus)")
     if scheme not in SCHEMES:
@@ -345,7 +348,6 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     cfg_dict["_layers_override"] = bool(layers)
     solver = None
     if method not in ("vanilla", "focus"):  # a baseline answers instead of FOCUS, same records and accounting
-        from .baselines import baseline_tag, make_baseline
         solver = make_baseline(mllm, method, max_new_tokens=cfg.max_new_tokens, **(baseline_options or {}))
         cfg_dict = dataclasses.asdict(solver.config)
         cfg_dict["_tag"] = baseline_tag(method, baseline_options)
@@ -455,7 +457,6 @@ def _run_sample(mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme
 
 def _answer_sample(rec: dict, mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme: str,
                    gt_targets: bool, flops: bool, judge, shared: dict | None) -> dict:
-    from .schemes import logits_match
     device = mllm.device
     try:
         image = s.image()

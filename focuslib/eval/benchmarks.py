@@ -6,7 +6,7 @@ encoded, the prompt template given to the model, how answers are scored and whic
 results are aggregated by. `load_benchmark(name, source=None)` reads it from the hub
 (`datasets.load_dataset` / `huggingface_hub`) or, with `source`, from a local directory or file
 in the same schema (what `hf download ID --repo-type dataset --local-dir DIR` gives,
-or what `focuslib.synthetic_benchmarks` writes).
+or what `focuslib.offline.synthetic_benchmarks` writes).
 
 Images are never decoded while loading: `Sample.image()` decodes on demand (HR-Bench 8K is GBs).
 Problems raise `BenchmarkError` naming the dataset id and what to do.
@@ -26,7 +26,8 @@ from typing import Any
 
 from PIL import Image
 
-from .images import FocusInputError, load_image
+from focuslib.images import FocusInputError, load_image
+
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -89,7 +90,7 @@ class BenchmarkSpec:
     scoring:   "letter" (exact match with the letter) | "open" (GQA-normalised exact match)
     categories: raw category value -> display name (unlisted values kept as they are)
     aggregate: the `Sample.groups` keys results are reported by
-    preset:    benchmark name for `focuslib.config.preset` (Tab. 7 variants)
+    preset:    benchmark name for `focuslib.core.config.preset` (Tab. 7 variants)
     """
     name: str
     hub_id: str
@@ -315,7 +316,7 @@ class _Table:
             raise BenchmarkError(
                 f"benchmark {spec.name!r} (dataset {spec.hub_id!r}) read from {self.origin}: missing field(s) "
                 f"{missing}; found {sorted(have)}. The schema may have changed: update "
-                f"focuslib.benchmarks.BENCHMARKS[{spec.name!r}].fields / options to the new column names.")
+                f"focuslib.eval.benchmarks.BENCHMARKS[{spec.name!r}].fields / options to the new column names.")
 
 
 def _find(spec: BenchmarkSpec, root: Path, pattern: str) -> list[Path]:

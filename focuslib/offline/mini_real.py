@@ -11,7 +11,7 @@
 - the real vocab sizes (32064 / 152128 / 152064), special ids, processor settings, chat templates, generation
   defaults (Qwen's sampling defaults included) and config fields (feature layer and strategy, grid pinpoints,
   anyres_max_9, mrope sections [16, 24, 24] with head_dim 128, window size, ...);
-- tiny widths and depths and random weights. As in `focuslib.tiny`, the vision towers keep features local
+- tiny widths and depths and random weights. As in `focuslib.offline.tiny`, the vision towers keep features local
   (LLaVA: one CLIP layer read at -2 = the patch embeddings; OV: one SigLIP layer with a zero attention output;
   Qwen: depth 0), which the painting tests rely on.
 
@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .tiny import OV_GRID_PINPOINTS
+from focuslib.models import onevision, qwen
+from focuslib.offline.tiny import OV_GRID_PINPOINTS
 
-MINI_REAL_NOTE = ("mini-real {family} checkpoint with RANDOM weights (built offline by focuslib.mini_real): the hub "
+
+MINI_REAL_NOTE = ("mini-real {family} checkpoint with RANDOM weights (built offline by focuslib.offline.mini_real): the hub "
                   "checkpoint's tokenizer, ids, processor and config fields at tiny widths; answers are noise")
 
 FAMILIES = ("llava-1.5", "llava-onevision", "qwen2.5-vl")
@@ -106,7 +108,7 @@ def llama2_tokenizer_model() -> Path:
     """The vendored Llama-2 tokenizer.model (env FOCUS_LLAMA2_TOKENIZER overrides)."""
     env = os.environ.get("FOCUS_LLAMA2_TOKENIZER")
     cands = [Path(env)] if env else []
-    cands += [Path(__file__).resolve().parents[1] / "tests" / "assets" / "llama2-tokenizer" / "tokenizer.model"]
+    cands += [Path(__file__).resolve().parents[2] / "tests" / "assets" / "llama2-tokenizer" / "tokenizer.model"]
     for c in cands:
         if c.is_file():
             return c
@@ -240,8 +242,7 @@ def build_mini_onevision(path: str | Path, seed: int = 0, text_layers: int = 4, 
     image_processor = T.LlavaOnevisionImageProcessor(
         size={"height": 384, "width": 384}, image_grid_pinpoints=OV_GRID_PINPOINTS, resample=3,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_pad=True, do_convert_rgb=True)
-    from .models.onevision import processor_class
-    processor = processor_class()(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=729,
+    processor = onevision.processor_class()(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=729,
                                   vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
                                   chat_template=OV_CHAT_TEMPLATE)
     vision = T.SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=1,
@@ -280,8 +281,7 @@ def build_mini_qwen25vl(path: str | Path, seed: int = 0, text_layers: int = 4, v
     image_processor = T.Qwen2VLImageProcessor(
         min_pixels=r["min_pixels"], max_pixels=r["max_pixels"], patch_size=14, temporal_patch_size=2, merge_size=2,
         resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    from .models.qwen import processor_class
-    processor = processor_class()(image_processor=image_processor, tokenizer=tokenizer,
+    processor = qwen.processor_class()(image_processor=image_processor, tokenizer=tokenizer,
                                   chat_template=QWEN_CHAT_TEMPLATE)
     hidden = 128
     ids = {k: r[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}

@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import FocusInputError, crop, load_image
-from ..models.base import TokenLayout, calls_since
-from ..search import _Clock
-from ..targets import strip_options
-from .common import BaselineTrace, build_preset
+from focuslib.core.search import _Clock
+from focuslib.core.targets import strip_options
+from focuslib.eval.baselines.common import BaselineTrace, build_preset
+from focuslib.images import crop, FocusInputError, load_image
+from focuslib.models.base import calls_since, TokenLayout
+
 
 MAP_SUFFIX = "Answer the question using a single word or phrase."  # appended to every map prompt (run.py:52-54)
 GENERIC_QUESTION = "Write a general description of the image."    # rel-att's normaliser (run.py:48)
@@ -69,7 +70,7 @@ def require_eager(mllm) -> None:
         raise AttentionImplementationError(
             f"ViCrop needs attention weights, but the model uses attn_implementation={impl!r}, which does not "
             "return them. Load it with load_mllm(..., attn_implementation='eager') or call "
-            "focuslib.baselines.vicrop.ensure_eager(mllm) first (slower, more memory: the reason FOCUS avoids it).")
+            "focuslib.eval.baselines.vicrop.ensure_eager(mllm) first (slower, more memory: the reason FOCUS avoids it).")
 
 
 def ensure_eager(mllm):

@@ -3,6 +3,9 @@ ZoomEye (tree search, `zoomeye`) and ViCrop (attention maps, `vicrop`). SEAL and
 lack complete code: their rows are the paper's reported numbers in data/paper_results.csv."""
 from __future__ import annotations
 
+from focuslib.eval.baselines.vicrop import ViCrop, vicrop_preset
+from focuslib.eval.baselines.zoomeye import ZoomEye, zoomeye_preset, ZoomEyeConfig
+
 BASELINE_METHODS = ("zoomeye", "vicrop-rel", "vicrop-grad")
 
 
@@ -13,10 +16,8 @@ def make_baseline(mllm, method: str, max_new_tokens: int = 16, **options):
     vicrop-rel / vicrop-grad options: high, layer, tile, ... (ViCropConfig fields)."""
     options = {k: v for k, v in options.items() if v is not None}
     if method == "zoomeye":
-        from .zoomeye import ZoomEye, zoomeye_preset
         return ZoomEye(mllm, zoomeye_preset(mllm.family, max_new_tokens=max_new_tokens, **options))
     if method in ("vicrop-rel", "vicrop-grad"):
-        from .vicrop import ViCrop, vicrop_preset
         return ViCrop(mllm, vicrop_preset(mllm.family, variant=method.split("-")[1],
                                           max_new_tokens=max_new_tokens, **options))
     raise ValueError(f"unknown baseline {method!r}; use one of {BASELINE_METHODS}")
@@ -26,7 +27,6 @@ def baseline_tag(method: str, options: dict | None) -> str:
     """Run-name suffix of a baseline's options, e.g. 'd2c4' or 'high'."""
     o = {k: v for k, v in (options or {}).items() if v is not None}
     if method == "zoomeye":
-        from .zoomeye import ZoomEyeConfig
         d = ZoomEyeConfig()
         tag = f"d{o.get('depth', d.depth)}c{o.get('children', d.children)}"
     else:

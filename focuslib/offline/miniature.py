@@ -1,6 +1,6 @@
 """A miniature LLaVA-1.5 trained by the kit on this CPU: an embedded default whose answers mean something.
 
-`python -m focuslib.miniature` (= `make miniature`) builds the synthetic world, trains a ~4.5M-parameter
+`python -m focuslib.offline.miniature` (= `make miniature`) builds the synthetic world, trains a ~4.5M-parameter
 `LlavaForConditionalGeneration` (CLIP ViT 96 px / patch 8 -> 12 x 12 image tokens, Llama LM 8 x 192) in
 four LLaVA-style stages and saves it with its processor (the LLaVA-1.5 adapter loads it unchanged):
 
@@ -19,7 +19,7 @@ Every objective is ordinary next-token prediction (or the tower's classification
 attention or value similarity. Data are generated on the fly from (seed, stage, step), so a run is
 deterministic by seed and a resumed run sees exactly the batches it would have seen.
 
-World: scenes like `focuslib.synthetic` (grey clutter, coloured shapes), rendered at half the
+World: scenes like `focuslib.offline.synthetic` (grey clutter, coloured shapes), rendered at half the
 benchmark's scale (800 x 600, objects 20-40 px; the benchmark is 1600 x 1200 with 40-80 px) and
 viewed through windows: the whole scene, windows around an object at 1.3-14 x its size, random windows.
 """
@@ -37,8 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import synthetic
-from .images import pad_to_square
+from focuslib.core.targets import icl_prompt
+from focuslib.images import pad_to_square
+from focuslib.offline import synthetic
+
 
 SIDE = 96          # processor input side
 PATCH = 8          # -> 12 x 12 image tokens
@@ -49,7 +51,7 @@ PAIRS = [(c, s) for c in COLORS for s in SHAPES]
 N_CLASSES = len(PAIRS) + len(COLORS) + len(SHAPES)
 EXISTENCE = "Is there a {target} in the image?"   # the adapter's EXISTENCE_PROMPT
 CAPTION = "Describe the image briefly."
-MINIATURE_NOTE = ("miniature LLaVA-1.5 TRAINED by focuslib.miniature on the synthetic shapes world only; it knows "
+MINIATURE_NOTE = ("miniature LLaVA-1.5 TRAINED by focuslib.offline.miniature on the synthetic shapes world only; it knows "
                   "coloured shapes on grey clutter and nothing else; what it can and cannot do is in its README.md "
                   "card (make miniature-report)")
 
@@ -287,8 +289,7 @@ def task_of(question: str, answer: str) -> str:
 
 
 def targets_answer(question: str, targets: list[str]) -> tuple[str, str]:
-    """The ICL target-extraction prompt (focuslib.targets) and its continuation for a synthetic question."""
-    from .targets import icl_prompt
+    """The ICL target-extraction prompt (focuslib.core.targets) and its continuation for a synthetic question."""
     return icl_prompt(question), " " + " ; ".join(targets)
 
 
@@ -309,7 +310,6 @@ def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from .targets import icl_prompt
     words = list(dict.fromkeys(_BASE_WORDS + COLORS + SHAPES + list(synthetic.LETTERS[:4])
                                + synthetic.INSTRUCTION.replace("'", " ' ").replace(".", " .").split()))
     pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
@@ -401,7 +401,7 @@ ICL_EVERY = 10   # in stages T and I every 10th batch teaches the ICL target ext
 
 
 def make_icl_batch(rng: np.random.Generator, r: Recipe, n: int, tokenizer) -> dict:
-    """Text-only batch: focuslib.targets' ICL prompt for a benchmark-style question -> its target names."""
+    """Text-only batch: focuslib.core.targets' ICL prompt for a benchmark-style question -> its target names."""
     prompts, answers = [], []
     while len(prompts) < n:
         _, objs = make_scene(rng, r, render=False)

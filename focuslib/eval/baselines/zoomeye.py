@@ -36,11 +36,12 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image, ImageDraw
 
-from ..images import FocusInputError, crop, load_image, pad_to_square
-from ..models.base import EXISTENCE_PROMPT, calls_since
-from ..search import _Clock
-from ..targets import extract_targets, strip_options
-from .common import BaselineTrace, build_preset, confidences, view_confidence
+from focuslib.core.search import _Clock
+from focuslib.core.targets import extract_targets, strip_options
+from focuslib.eval.baselines.common import BaselineTrace, build_preset, confidences, view_confidence
+from focuslib.images import crop, FocusInputError, load_image, pad_to_square
+from focuslib.models.base import calls_since, EXISTENCE_PROMPT
+
 
 # ---- prompts (ours; the official code's roles, not its wording) ------------------------------
 LATENT_PROMPT = "If you zoomed further into this picture, could a {target} turn up somewhere in it? Answer yes or no."

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import torch
 
+from focuslib.core import targets as _targets
+from focuslib.models import onevision, qwen
 
-TINY_LLAVA_NOTE = ("tiny LLaVA-1.5-shaped model with RANDOM weights (built offline by focuslib.tiny); "
+
+TINY_LLAVA_NOTE = ("tiny LLaVA-1.5-shaped model with RANDOM weights (built offline by focuslib.offline.tiny); "
                    "its answers and relevance maps are meaningless")
 
 _WORDS = ("Yes No yes no USER ASSISTANT Is there a an the in image ? . , : ; ( ) A B C D E "
@@ -31,7 +34,6 @@ def _corpus() -> list[str]:
     lines += ["USER: <image>\nIs there a red circle in the image? ASSISTANT: Yes",
               "USER: <image>\nIs there a blue square in the image? ASSISTANT: No"] * 20
     try:
-        from . import targets as _targets
         lines.append(_targets.icl_prompt("What is the color of the car?"))
     except Exception:  # targets module optional at build time
         pass
@@ -101,9 +103,9 @@ def model_note(path: str | Path) -> str | None:
 # weights, an offline byte-level BPE tokenizer with each family's special tokens. The vision towers keep
 # features LOCAL (no vision attention layer at all), which the painting tests rely on.
 
-TINY_OV_NOTE = ("tiny LLaVA-OneVision-shaped model with RANDOM weights (built offline by focuslib.tiny); "
+TINY_OV_NOTE = ("tiny LLaVA-OneVision-shaped model with RANDOM weights (built offline by focuslib.offline.tiny); "
                 "its answers and relevance maps are meaningless")
-TINY_QWEN_NOTE = ("tiny Qwen2.5-VL-shaped model with RANDOM weights (built offline by focuslib.tiny); "
+TINY_QWEN_NOTE = ("tiny Qwen2.5-VL-shaped model with RANDOM weights (built offline by focuslib.offline.tiny); "
                   "its answers and relevance maps are meaningless")
 
 # llava-hf/llava-onevision-qwen2-7b-ov-hf: every (h, w) in multiples of 384 up to 6 x 6 tiles
@@ -166,8 +168,7 @@ def build_tiny_onevision(path: str | Path, seed: int = 0, text_layers: int = 4, 
     image_processor = T.LlavaOnevisionImageProcessor(
         size={"height": 384, "width": 384}, image_grid_pinpoints=OV_GRID_PINPOINTS, resample=3,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_pad=True, do_convert_rgb=True)
-    from .models.onevision import processor_class
-    processor = processor_class()(image_processor=image_processor, tokenizer=tokenizer,
+    processor = onevision.processor_class()(image_processor=image_processor, tokenizer=tokenizer,
                                   num_image_tokens=729, vision_feature_select_strategy="full",
                                   vision_aspect_ratio="anyres_max_9")
     vision = T.SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
@@ -218,8 +219,7 @@ def build_tiny_qwen25vl(path: str | Path, seed: int = 0, text_layers: int = 4, h
         min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2,
         resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711])
-    from .models.qwen import processor_class
-    processor = processor_class()(image_processor=image_processor, tokenizer=tokenizer)
+    processor = qwen.processor_class()(image_processor=image_processor, tokenizer=tokenizer)
     head_dim = hidden // heads
     half = head_dim // 2
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]   # real [16, 24, 24] for head_dim 128

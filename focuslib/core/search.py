@@ -1,9 +1,9 @@
 """The FOCUS algorithm (paper sec. 3, Algorithm box in A.5): `Focus(mllm, config).answer(image, question)`.
 
-  (I)   targets     extract the target object(s) and the question type (focuslib.targets)
+  (I)   targets     extract the target object(s) and the question type (focuslib.core.targets)
   (II)  relevance   per target, ONE forward pass of "Is there a {target} in the image?"; the
-                    cached values give the object relevance map (focuslib.relevance)
-  (III) proposals   anchors -> symmetric ROIs -> growth -> ranking -> NMS (focuslib.rois)
+                    cached values give the object relevance map (focuslib.core.relevance)
+  (III) proposals   anchors -> symmetric ROIs -> growth -> ranking -> NMS (focuslib.core.rois)
   (IV)  ranking     existence confidence c_yes of the top n_steps crops in ONE batched forward,
                     with the overrun rule
   (V)   answer      open-ended generation on the best crop / union / canvas (A.5); multi-image models:
@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from PIL import Image, ImageDraw
 
-from . import rois as R
-from .config import FocusConfig
-from .images import FocusInputError, crop, load_image
-from .models.base import MLLM, RelevancePass, TokenLayout, calls_since, yes_confidence
-from .relevance import object_relevance, random_relevance, smooth_and_downsample
-from .targets import TargetSpec, extract_targets
+from focuslib.core import rois as R
+from focuslib.core.config import FocusConfig
+from focuslib.core.relevance import object_relevance, random_relevance, smooth_and_downsample
+from focuslib.core.targets import extract_targets, TargetSpec
+from focuslib.images import crop, FocusInputError, load_image
+from focuslib.models.base import calls_since, MLLM, RelevancePass, TokenLayout, yes_confidence
+
 
 MapHook = Callable[[str, TokenLayout, torch.Tensor], torch.Tensor]
 

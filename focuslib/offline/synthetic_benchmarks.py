@@ -1,4 +1,4 @@
-"""Synthetic benchmarks in EACH real schema, offline and deterministic (images from focuslib.synthetic).
+"""Synthetic benchmarks in EACH real schema, offline and deterministic (images from focuslib.offline.synthetic).
 
 `write_synthetic(name, root, n=8, seed=0, size=(320, 240))` writes files laid out as the real dataset
 (what `hf download ID --repo-type dataset --local-dir root` would give), so that
@@ -30,7 +30,9 @@ import os
 import shutil
 from pathlib import Path
 
-from . import synthetic as S
+from focuslib.eval.benchmarks import get_spec
+from focuslib.offline import synthetic as S
+
 
 LETTERS = "ABCDE"
 SPATIAL_FILLERS = ["above", "below", "overlapping"]
@@ -172,8 +174,7 @@ def write_gqa(root, n=4, seed=0, size=(320, 240), corrupt=()):
 
 
 def write_synthetic(name: str, root, n: int | None = None, seed: int = 0, size=(320, 240), **kw):
-    """Write the synthetic benchmark `name` (a key of focuslib.benchmarks.BENCHMARKS) under `root`."""
-    from .benchmarks import get_spec
+    """Write the synthetic benchmark `name` (a key of focuslib.eval.benchmarks.BENCHMARKS) under `root`."""
     spec = get_spec(name)
     writers = {"vstar": write_vstar, "mme_rw_lite": write_mme, "aokvqa": write_aokvqa, "gqa": write_gqa}
     if spec.name.startswith("hrbench"):
@@ -194,7 +195,6 @@ DEFAULT_N = 8
 
 def default_n(name: str, limit: int | None) -> int:
     """Items to generate: enough for `limit` samples, at least DEFAULT_N."""
-    from .benchmarks import get_spec
     per = ROWS_PER_ITEM.get(get_spec(name).name, 1)
     return max(DEFAULT_N, -(-limit // per)) if limit else DEFAULT_N
 
@@ -218,7 +218,6 @@ def ensure_synthetic(name: str, root, n: int = DEFAULT_N, seed: int = 0, size=(3
     complete one. A directory without a matching marker (half-written by an older version, or other
     settings) is replaced. Generation is prefix-stable: ids 0..k-1 are the same items for any n >= k.
     Leftover temporary directories of dead processes are removed."""
-    from .benchmarks import get_spec
     name = get_spec(name).name
     root = Path(root)
     want = {"name": name, "n": int(n), "seed": int(seed), "size": [int(size[0]), int(size[1])]}

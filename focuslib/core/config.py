@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+from focuslib.images import FocusInputError
+
 MapVariant = Literal["vv", "kk", "random"]
 GrowthRule = Literal["map-mean", "anchor"]       # decisions.md D4
 RolloutNorm = Literal["row", "fig7-literal"]     # decisions.md D2
@@ -65,7 +67,6 @@ class FocusConfig:
         """
         l, L = self.layers
         if not (0 <= l < L <= self.ref_layers):
-            from .images import FocusInputError
             raise FocusInputError(
                 f"layer range [{l}, {L}) is {'empty' if L <= l else 'out of range'}: give 0 <= l < L <= "
                 f"{self.ref_layers} in the preset's numbering (a {self.ref_layers}-layer model; this model has "
@@ -152,7 +153,6 @@ def preset(family: str, benchmark: str | None = None, n_steps: int = 8, **overri
     except (TypeError, ValueError):
         bad = True
     if bad:
-        from .images import FocusInputError
         raise FocusInputError(f"n_steps must be a positive integer (the search budget), got {n_steps!r}")
     values["n_steps"] = int(n_steps)
     known = {f.name for f in fields(FocusConfig)}

@@ -1,6 +1,6 @@
 """What the miniature can and cannot do, measured on a held-out synthetic fine-grained benchmark.
 
-`python -m focuslib.miniature_report --model data/models/miniature-llava-1.5` writes `report.json`
+`python -m focuslib.offline.miniature_report --model data/models/miniature-llava-1.5` writes `report.json`
 and the model card's tables (`report.md`). Three questions, each against its own baseline:
 
 - accuracy: vanilla (whole image), oracle crop (ground truth), FOCUS at n_steps 1/2/4/8 (overrun) and
@@ -11,7 +11,7 @@ and the model card's tables (`report.md`). Three questions, each against its own
   range, vs chance (a uniform cell) and a trivial saliency map (colour saturation), and does it move
   when the question names a distractor instead (name specificity)?
 
-The benchmark is `focuslib.synthetic.generate(n, seed)`: 1600 x 1200 scenes, one 40-80 px target among
+The benchmark is `focuslib.offline.synthetic.generate(n, seed)`: 1600 x 1200 scenes, one 40-80 px target among
 4-8 distractors (the same generator as `focus demo`); the training world never uses these seeds.
 """
 from __future__ import annotations
@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import synthetic
-from .config import preset
-from .metrics import exact_match
-from .models import load_mllm
-from .models.base import yes_confidence
-from .relevance import object_relevance
-from .rois import box_iou
-from .search import Focus
+from focuslib.core.config import preset
+from focuslib.core.relevance import object_relevance
+from focuslib.core.rois import box_iou
+from focuslib.core.search import Focus
+from focuslib.eval.metrics import exact_match
+from focuslib.models import load_mllm
+from focuslib.models.base import yes_confidence
+from focuslib.offline import synthetic
+
 
 HELD_OUT_SEED = 1000
 STEPS = (1, 2, 4, 8)
@@ -239,7 +240,7 @@ def run(model: str, n: int = 200, seed: int = HELD_OUT_SEED, out: str | Path | N
     torch.manual_seed(0)
     mllm = load_mllm(model, device="cpu", dtype="float32")
     items = synthetic.generate(n, seed=seed)
-    rep = {"model": str(model), "benchmark": f"focuslib.synthetic.generate({n}, seed={seed})",
+    rep = {"model": str(model), "benchmark": f"focuslib.offline.synthetic.generate({n}, seed={seed})",
            "localization": localization(mllm, items), "existence": existence(mllm, items),
            "accuracy": accuracy(mllm, items, steps, random_steps)}
     if out:
@@ -299,7 +300,7 @@ def model_card(model: str | Path, rep: dict) -> str:
         f"hidden ({r.get('lm_heads')} heads), vision {r.get('vision_layers')} layers x {r.get('vision_hidden')}; "
         "a word-level tokenizer (every word of the kit's prompts, <unk> otherwise) with LLaVA-1.5's special tokens "
         "and chat format. It loads with `load_mllm(path)` through the unchanged LLaVA-1.5 adapter.",
-        "**What it knows.** Only the synthetic world of `focuslib.synthetic`: coloured shapes (6 shapes x 8 colours) "
+        "**What it knows.** Only the synthetic world of `focuslib.offline.synthetic`: coloured shapes (6 shapes x 8 colours) "
         "on grey clutter. It was trained to answer existence questions, the colour of a named shape (lettered "
         "options), left/right of two named objects, brief captions, and the ICL target-extraction prompt; how "
         "well it does is measured below. It knows nothing else; it is the embedded default of `make demo` and of "
@@ -319,7 +320,7 @@ def model_card(model: str | Path, rep: dict) -> str:
            f"right): {json.dumps(probes[-1]['probe'])}." if probes else ""),
         "## What this shows and what it does not",
         verdict(rep),
-        "## Measured (`python -m focuslib.miniature_report`)",
+        "## Measured (`python -m focuslib.offline.miniature_report`)",
         markdown(rep),
     ]) + "\n"
 
