@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from focuslib.core.trace import Clock
 from focuslib.eval import metrics as M
 
 
@@ -111,10 +112,14 @@ def test_flops_measured_by_flop_counter():
     assert out.shape == (4, 16) and f == 2 * 4 * 8 * 16
 
 
-def test_timer_and_memory_on_cpu():
-    with M.Timer("cpu") as t:
+def test_clock_and_memory_on_cpu():
+    clock = Clock("cpu")
+    with clock("a") as t:
         sum(range(1000))
-    assert t.s is not None and t.s >= 0
+    first = t.s
+    with clock("a"):
+        sum(range(1000))
+    assert first is not None and first >= 0 and clock.t["a"] >= first and set(clock.t) == {"a"}
     assert M.peak_memory_gb("cpu") is None
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from focuslib.core import compose as C
 from focuslib.core import rois as R
 from focuslib.core.config import preset
 from focuslib.models import EXISTENCE_PROMPT, OneVisionAdapter
@@ -194,7 +195,7 @@ def test_trace_fp_and_interleaved_final_input(tiny_ov, monkeypatch):
     # final input: global view with the box outlined + the crop (enlarged as ZoomEye's, D10), EACH anyres-tiled
     # (default, transformers 4.46)
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 2
-    box = R.enlarge_box(t.rois[2].box, 384, 700, 500, 1.2)
+    box = C.enlarge_box(t.rois[2].box, 384, 700, 500, 1.2)
     assert tr.chosen_boxes == [box] and tr.final_images[0].size == img.size
     assert tr.final_images[1].size == (box[2] - box[0], box[3] - box[1])
     images, texts, inputs = [s for s in seen if len(s[0][0]) > 1][-1]   # the final answer's input
@@ -257,8 +258,8 @@ def test_multi_target_gives_global_view_plus_each_crop(tiny_ov, monkeypatch):
     f = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=1, overrun=False),
               map_hook=_hot({"cat": (5, 4), "dog": (8, 30)}))
     tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
-    boxes = [R.enlarge_box(t.rois[t.best].box, 384, 1500, 500, 1.2) for t in tr.per_target]   # far apart: kept
-    assert tr.final_mode == "multi-image" and tr.search_fp == 2 and tr.chosen_boxes == R.merge_near(boxes, 50) == boxes
+    boxes = [C.enlarge_box(t.rois[t.best].box, 384, 1500, 500, 1.2) for t in tr.per_target]   # far apart: kept
+    assert tr.final_mode == "multi-image" and tr.search_fp == 2 and tr.chosen_boxes == C.merge_near(boxes, 50) == boxes
     assert len(tr.final_images) == 3 and tr.final_images[0].size == img.size
     g = np.asarray(tr.final_images[0])
     for b in boxes:   # every chosen box is outlined in red on the global view
@@ -292,13 +293,13 @@ def _final_input(m, family, monkeypatch, cells, question, size, **over):
 
 def check_final_prompt(m, family, monkeypatch, tag: str, side: int, size, one, far, near):
     """tag: how the adapter writes one image followed by its caption ("{}" = the caption)."""
-    from focuslib.core.search import highlight
+    from focuslib.core.compose import highlight
     W, H = size
     n_img = lambda inputs: int((inputs["input_ids"] == m.image_token_id).sum())
     # one target: [global view with the ENLARGED ROI outlined, that view], each followed by its caption
     img, tr, ims, body, inputs = _final_input(m, family, monkeypatch, one, Q, size)
     raw = tr.per_target[0].rois[tr.per_target[0].best].box
-    box = R.enlarge_box(raw, side, W, H, 1.2)
+    box = C.enlarge_box(raw, side, W, H, 1.2)
     zoomeye = lambda d, n: min(int(max(d, side) * 1.2), n)   # get_patch: max(side, encoder side) x 1.2, in the image
     assert (box[2] - box[0], box[3] - box[1]) == (zoomeye(raw[2] - raw[0], W), zoomeye(raw[3] - raw[1], H))
     assert box[2] - box[0] > raw[2] - raw[0] and box[3] - box[1] > raw[3] - raw[1]
@@ -317,13 +318,13 @@ def check_final_prompt(m, family, monkeypatch, tag: str, side: int, size, one, f
     assert new_len - inputs0["input_ids"].shape[1] >= new_tokens - n_img(inputs0) + caption_tokens
     # two far targets: two close-ups, plural captions
     img, tr, ims, body, _ = _final_input(m, family, monkeypatch, far, TWO_Q, size)
-    boxes = [R.enlarge_box(t.rois[t.best].box, side, W, H, 1.2) for t in tr.per_target]
-    assert tr.chosen_boxes == R.merge_near(boxes, 50) and len(tr.chosen_boxes) == 2 and len(ims) == 3
+    boxes = [C.enlarge_box(t.rois[t.best].box, side, W, H, 1.2) for t in tr.per_target]
+    assert tr.chosen_boxes == C.merge_near(boxes, 50) and len(tr.chosen_boxes) == 2 and len(ims) == 3
     assert [im.size for im in ims[1:]] == [(b[2] - b[0], b[3] - b[1]) for b in tr.chosen_boxes]
     assert body == "".join(tag.format(c) for c in CAPTIONS_MANY) + TWO_Q
     # two near targets: their enlarged views merge into ONE close-up (ZoomEye's merge_bbox_list)
     img, tr, ims, body, _ = _final_input(m, family, monkeypatch, near, TWO_Q, size)
-    boxes = [R.enlarge_box(t.rois[t.best].box, side, W, H, 1.2) for t in tr.per_target]
+    boxes = [C.enlarge_box(t.rois[t.best].box, side, W, H, 1.2) for t in tr.per_target]
     assert boxes[0] != boxes[1] and tr.chosen_boxes == [R.union_box(boxes)] and len(ims) == 2
     assert body == "".join(tag.format(c) for c in CAPTIONS_ONE) + TWO_Q
 
@@ -341,12 +342,12 @@ def test_type2_selects_all_confident_rois(tiny_ov, monkeypatch):
     t = tr.per_target[0]
     assert tr.qtype == 2 and len(t.verified) == len(t.rois) > 2 and t.selected == [0, 3]
     assert tr.search_fp == 1 + len(t.rois)
-    assert tr.chosen_boxes == R.merge_near([R.enlarge_box(t.rois[i].box, 384, 600, 600, 1.2) for i in (0, 3)], 50)
+    assert tr.chosen_boxes == C.merge_near([C.enlarge_box(t.rois[i].box, 384, 600, 600, 1.2) for i in (0, 3)], 50)
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 1 + len(tr.chosen_boxes)
     tr = Focus(tiny_ov, preset("llava-onevision", "vstar", n_steps=2, k=8, final_min_side=None, final_scale=None,
                                merge_buffer=0)).answer(_noise(600, 600, seed=4), "How many birds?", targets=["all birds"])
     t = tr.per_target[0]   # ROIs as proposed: the overlapping ones merged (A.5)
-    assert tr.chosen_boxes == R.merge_overlapping([t.rois[i].box for i in t.selected or [t.best]])
+    assert tr.chosen_boxes == C.merge_overlapping([t.rois[i].box for i in t.selected or [t.best]])
 
 
 # ---- 4. batched verification -----------------------------------------------------------------------

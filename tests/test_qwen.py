@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.core import rois as R
+from focuslib.core import compose as C
 from focuslib.core.config import preset
 from focuslib.models import EXISTENCE_PROMPT, QwenVLAdapter
 from focuslib.core.search import Focus
@@ -113,7 +113,7 @@ def test_multi_target_and_type2(tiny_qwen, monkeypatch):
     f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=1, overrun=False), map_hook=_hot({"cat": (3, 3), "dog": (8, 20)}))
     tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
     assert tr.final_mode == "multi-image" and len(tr.final_images) == 3 and tr.search_fp == 2
-    assert tr.chosen_boxes == [R.enlarge_box(t.rois[t.best].box, 448, 1400, 560, 1.2) for t in tr.per_target]
+    assert tr.chosen_boxes == [C.enlarge_box(t.rois[t.best].box, 448, 1400, 560, 1.2) for t in tr.per_target]
     fake, _ = scripted(tiny_qwen, {0, 2})
     monkeypatch.setattr(tiny_qwen, "existence_logits", fake)
     f = Focus(tiny_qwen, preset("qwen2.5-vl", n_steps=2, k=6))
@@ -121,7 +121,7 @@ def test_multi_target_and_type2(tiny_qwen, monkeypatch):
     t = tr.per_target[0]
     assert tr.qtype == 2 and len(t.verified) == len(t.rois) > 2 and t.selected == [0, 2]
     assert tr.search_fp == 1 + len(t.rois)
-    assert tr.chosen_boxes == R.merge_near([R.enlarge_box(t.rois[i].box, 448, 1400, 1000, 1.2) for i in (0, 2)], 50)
+    assert tr.chosen_boxes == C.merge_near([C.enlarge_box(t.rois[i].box, 448, 1400, 1000, 1.2) for i in (0, 2)], 50)
     assert len(tr.final_images) == 1 + len(tr.chosen_boxes)
 
 

@@ -1,4 +1,5 @@
-"""Tests for focuslib.core.rois: ROI proposal (paper sec. 3.3 / A.5) and box geometry."""
+"""Tests for focuslib.core.rois (ROI proposal, paper sec. 3.3 / A.5, and box geometry) and focuslib.core.compose
+(step V: merging, enlarging, the canvas)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,13 @@ import torch
 from PIL import Image
 
 from focuslib.core.rois import (
-    CANVAS_RESAMPLE,
     Roi,
     box_center,
     box_distance,
     box_iou,
     clip_box,
-    compose_canvas,
-    enlarge_box,
-    merge_near,
     grid_to_pixel,
     grow_roi,
-    merge_overlapping,
     nms,
     pixel_to_cells,
     propose_rois,
@@ -32,6 +28,7 @@ from focuslib.core.rois import (
     top_k_anchors,
     union_box,
 )
+from focuslib.core.compose import CANVAS_RESAMPLE, compose_canvas, enlarge_box, merge_near, merge_overlapping
 
 SEEDS = range(8)
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from focuslib.core import compose as C
 from focuslib.core import rois as R
 from focuslib.core.config import preset, replace
 from focuslib.models.base import yes_confidence
@@ -61,7 +62,7 @@ def test_fp_accounting(tiny_llava, monkeypatch, n_steps, overrun, yes_at, expect
         assert t.best == min(yes_at)
         assert t.rois[t.best].confidence > 0
     # the single-image final crop is the chosen ROI enlarged to LLaVA-1.5's 336 px around its centre
-    assert tr.chosen_boxes == [R.enlarge_box(t.rois[t.best].box, 336, 900, 600)]
+    assert tr.chosen_boxes == [C.enlarge_box(t.rois[t.best].box, 336, 900, 600)]
     assert tr.answer == tr.answer.strip() and tr.final_mode == "crop"
 
 
@@ -125,7 +126,7 @@ def test_multi_target_union_and_canvas(tiny_llava):
         f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=1, overrun=False), map_hook=hook)
         tr = f.answer(img, "Is the cat on the left or right of the dog?", targets=["cat", "dog"])
         assert tr.final_mode == mode and tr.search_fp == 2
-        boxes = [R.enlarge_box(t.rois[t.best].box, 336, 2400, 1200) for t in tr.per_target]
+        boxes = [C.enlarge_box(t.rois[t.best].box, 336, 2400, 1200) for t in tr.per_target]
         if mode == "union":
             assert tr.chosen_boxes == [R.union_box(boxes)]
             assert tr.final_size == (tr.chosen_boxes[0][2] - tr.chosen_boxes[0][0],
@@ -146,7 +147,7 @@ def test_type2_selects_all_confident_rois(tiny_llava, monkeypatch):
     assert len(t.verified) == len(t.rois) > 2            # not limited by n_steps
     assert t.selected == [0, 3, 4]
     assert tr.search_fp == 1 + len(t.rois)
-    assert tr.chosen_boxes == R.merge_near([R.enlarge_box(t.rois[i].box, 336, 1200, 1200) for i in (0, 3, 4)], 50)
+    assert tr.chosen_boxes == C.merge_near([C.enlarge_box(t.rois[i].box, 336, 1200, 1200) for i in (0, 3, 4)], 50)
     assert tr.final_mode in ("canvas", "crop")
 
 
@@ -252,11 +253,11 @@ def test_single_image_final_input_follows_zoomeye(tiny_llava):
     t = tr.per_target[0]
     raw = [t.rois[i].box for i in t.selected]
     assert len(raw) == 3 and all(b[2] - b[0] < 336 for b in raw)    # proposals smaller than 336 px
-    big = [R.enlarge_box(b, 336, W, H) for b in raw]
-    assert tr.chosen_boxes == R.merge_near(big, 50) and len(tr.chosen_boxes) == 2
-    assert R.merge_overlapping(raw) == sorted(raw, key=lambda b: (b[1], b[0], b[3], b[2]))  # old rule: 3
+    big = [C.enlarge_box(b, 336, W, H) for b in raw]
+    assert tr.chosen_boxes == C.merge_near(big, 50) and len(tr.chosen_boxes) == 2
+    assert C.merge_overlapping(raw) == sorted(raw, key=lambda b: (b[1], b[0], b[3], b[2]))  # old rule: 3
     assert tr.final_mode == "canvas"
-    canvas, placed = R.compose_canvas(img, tr.chosen_boxes, max_crop_side=336, gap=0)
+    canvas, placed = C.compose_canvas(img, tr.chosen_boxes, max_crop_side=336, gap=0)
     assert tr.final_size == canvas.size
     assert max(max(b[2] - b[0], b[3] - b[1]) for b in placed) == 336
 

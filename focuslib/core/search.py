@@ -16,103 +16,23 @@ extraction and the final answer are not search passes but are in `model_calls`.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from focuslib.core import compose as C
 from focuslib.core import rois as R
 from focuslib.core.config import FocusConfig
 from focuslib.core.relevance import object_relevance, random_relevance, smooth_and_downsample
+from focuslib.core.trace import Clock, RoiTrace, TargetTrace, Trace
 from focuslib.core.targets import extract_targets, TargetSpec
 from focuslib.images import crop, FocusInputError, load_image
 from focuslib.models.base import calls_since, MLLM, RelevancePass, TokenLayout, yes_confidence
 
 
 MapHook = Callable[[str, TokenLayout, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class RoiTrace:
-    grid: tuple[int, int, int, int]   # (r0, c0, r1, c1) on the map
-    box: tuple[int, int, int, int]    # (x0, y0, x1, y1) in the original image
-    anchor: tuple[int, int]
-    score: float                      # relevance at the anchor (proposal rank key)
-    confidence: float | None = None   # c_yes in [-1, 1], None if not verified
-
-
-@dataclass
-class TargetTrace:
-    target: str
-    tokens: list[str]
-    map: torch.Tensor                 # [h, w] object relevance map (sum 1)
-    layout: TokenLayout               # the map's grid in the original image
-    rois: list[RoiTrace]              # ranked proposals after NMS
-    verified: list[int] = field(default_factory=list)   # indices into rois, in verification order
-    best: int | None = None           # index into rois of the chosen ROI
-    selected: list[int] = field(default_factory=list)   # type-2: ROIs above t_type2
-    whole_image_yes: float | None = None                 # c_yes of the map pass itself
-    qtype: int = 1                    # this target's type: 2 = every instance matters (decisions.md D8)
-    query: str = ""                   # the name in the prompts (type-2: singular); "" = target
-
-
-@dataclass
-class Trace:
-    question: str
-    targets: list[str]
-    qtype: int
-    target_source: str
-    per_target: list[TargetTrace]
-    chosen_boxes: list[tuple[int, int, int, int]]
-    final_mode: str                   # whole | crop | union | canvas | multi-image
-    final_size: tuple[int, int]
-    answer: str
-    search_fp: int
-    model_calls: dict[str, int]
-    timings: dict[str, float]
-    notes: list[str] = field(default_factory=list)
-    final_images: list[Image.Image] = field(default_factory=list, repr=False)
-    layers: tuple[int, int] | None = None  # resolved half-open decoder-layer range of the maps (None: no map)
-
-    def summary(self) -> dict:
-        """JSON-friendly summary (no tensors, no images)."""
-        return {
-            "question": self.question, "answer": self.answer, "targets": self.targets,
-            "qtype": self.qtype, "target_source": self.target_source,
-            "chosen_boxes": [list(b) for b in self.chosen_boxes], "final_mode": self.final_mode,
-            "final_size": list(self.final_size), "search_fp": self.search_fp,
-            "model_calls": dict(self.model_calls), "timings": dict(self.timings), "notes": list(self.notes),
-            "layers": list(self.layers) if self.layers else None,
-            "per_target": [{
-                "target": t.target, "tokens": t.tokens, "map_shape": list(t.map.shape),
-                "best": t.best, "verified": t.verified, "selected": t.selected,
-                "qtype": t.qtype, "query": t.query,
-                "rois": [asdict(r) for r in t.rois]} for t in self.per_target],
-        }
-
-
-class _Clock:
-    def __init__(self, device):
-        self.cuda = str(device).startswith("cuda")
-        self.t: dict[str, float] = Counter()
-
-    def __call__(self, name):
-        clock = self
-
-        class _Span:
-            def __enter__(self):
-                if clock.cuda:
-                    torch.cuda.synchronize()
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if clock.cuda:
-                    torch.cuda.synchronize()
-                clock.t[name] += time.perf_counter() - self.t0
-        return _Span()
 
 
 class Focus:
@@ -235,16 +155,16 @@ class Focus:
             return "whole", [image], []
         W, H = image.size
         if cfg.final_min_side or cfg.final_scale:
-            per_box = [R.enlarge_box(b, cfg.final_min_side or 0, W, H, cfg.final_scale) for b in per_box]
-        boxes = R.merge_near(per_box, cfg.merge_buffer)
+            per_box = [C.enlarge_box(b, cfg.final_min_side or 0, W, H, cfg.final_scale) for b in per_box]
+        boxes = C.merge_near(per_box, cfg.merge_buffer)
         if self.mllm.multi_image:
             # A.5: one global view with every ROI outlined + the individual crops; ZoomEye's views (D10)
-            return "multi-image", [highlight(image, boxes)] + [crop(image, b) for b in boxes], boxes
+            return "multi-image", [C.highlight(image, boxes)] + [crop(image, b) for b in boxes], boxes
         far = any(R.box_distance(a, b) > cfg.t_obj_dist for a, b in itertools.combinations(per_box, 2))
         if len(boxes) == 1:
             return ("union" if qtype == 1 and len(per_box) > 1 else "crop"), [crop(image, boxes[0])], boxes
         if qtype == 2 or far:
-            canvas, _ = R.compose_canvas(image, boxes, max_crop_side=cfg.canvas_max_crop_side,
+            canvas, _ = C.compose_canvas(image, boxes, max_crop_side=cfg.canvas_max_crop_side,
                                          gap=cfg.canvas_gap)
             return "canvas", [canvas], boxes
         u = R.union_box(boxes)
@@ -263,7 +183,7 @@ class Focus:
         image = load_image(image)
         cfg, m = self.config, self.mllm
         before = Counter(m.calls)
-        clock = _Clock(m.device)
+        clock = Clock(m.device)
         notes: list[str] = []
         with clock("total"):
             with clock("targets"):
@@ -294,7 +214,7 @@ class Focus:
             mode, images, boxes = self.compose(image, per_target, spec.qtype, notes)
             text = answer_prompt or question
             if mode == "multi-image" and cfg.final_captions:
-                text = final_captions(len(images) - 1) + [text]   # one caption after each image (D10)
+                text = C.final_captions(len(images) - 1) + [text]   # one caption after each image (D10)
             with clock("answer"):
                 ans = m.generate(images, text, max_new_tokens=cfg.max_new_tokens)
         calls = calls_since(m, before)
@@ -308,26 +228,3 @@ class Focus:
     def vanilla(self, image, question: str) -> str:
         """The base model on the whole image (the paper's vanilla baseline)."""
         return self.mllm.generate([load_image(image)], question, max_new_tokens=self.config.max_new_tokens)
-
-
-# Captions of the multi-image final input (ours; the structure of ZoomEye's two-image prompt, decisions.md D10):
-# the global view first, then each close-up, each caption right after its image.
-GLOBAL_CAPTION = "This is the whole image; the {what} outlined in red."
-CROP_CAPTION = "This is a close-up of {which}."
-
-
-def final_captions(n_crops: int) -> list[str]:
-    """Captions of [global view, crop 1, ..., crop n] (n >= 1), one per image, in image order."""
-    one = n_crops == 1
-    return ([GLOBAL_CAPTION.format(what="region of interest is" if one else "regions of interest are")]
-            + [CROP_CAPTION.format(which="the outlined region" if one else "one of the outlined regions")] * n_crops)
-
-
-def highlight(image: Image.Image, boxes, color=(255, 0, 0), width: int | None = None) -> Image.Image:
-    """The global view with every chosen ROI outlined (final input of global-local models, A.5)."""
-    out = image.copy()
-    d = ImageDraw.Draw(out)
-    width = width or max(2, round(max(image.size) / 200))
-    for b in boxes:
-        d.rectangle([b[0], b[1], b[2] - 1, b[3] - 1], outline=color, width=width)
-    return out

@@ -19,14 +19,13 @@ Relative efficiency (A.2): FP_ref / FP_ours at the reference accuracy = min of t
 accuracies, each FP read off its (FP, accuracy) curve with linear interpolation.
 
 Cost (C.4): FLOPs with torch.utils.flop_counter.FlopCounterMode, peak memory with
-torch.cuda.max_memory_allocated() / 1024**3 (None on CPU), time with device synchronisation.
+torch.cuda.max_memory_allocated() / 1024**3 (None on CPU), time with device synchronisation (focuslib.core.trace.Clock).
 """
 from __future__ import annotations
 
 import math
 import re
 import string
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
@@ -273,11 +272,6 @@ def _is_cuda(device) -> bool:
     return str(device).startswith("cuda") and torch.cuda.is_available()
 
 
-def synchronize(device) -> None:
-    if _is_cuda(device):
-        torch.cuda.synchronize(device)
-
-
 def reset_peak_memory(device) -> None:
     if _is_cuda(device):
         torch.cuda.reset_peak_memory_stats(device)
@@ -286,22 +280,6 @@ def reset_peak_memory(device) -> None:
 def peak_memory_gb(device) -> float | None:
     """torch.cuda.max_memory_allocated() / 1024**3 (A.2); None off CUDA."""
     return torch.cuda.max_memory_allocated(device) / 1024 ** 3 if _is_cuda(device) else None
-
-
-class Timer:
-    """Wall time of a block with device synchronisation at both ends: `with Timer(dev) as t: ...; t.s`."""
-
-    def __init__(self, device="cpu"):
-        self.device, self.s = device, None
-
-    def __enter__(self):
-        synchronize(self.device)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        synchronize(self.device)
-        self.s = time.perf_counter() - self.t0
 
 
 def count_flops(fn: Callable, *args, **kwargs) -> tuple[object, int]:
@@ -314,5 +292,4 @@ def count_flops(fn: Callable, *args, **kwargs) -> tuple[object, int]:
 
 __all__ = ["exact_match", "extract_letter", "lenient_match", "normalize_open", "open_match", "score_answer",
            "accuracy", "aggregate", "cycle_accuracy", "FULL_SIZES", "partial_note", "format_table", "gt_overlap", "recall_hits", "examined_rois", "recall",
-           "fp_at_accuracy", "relative_efficiency", "count_flops", "peak_memory_gb", "reset_peak_memory",
-           "synchronize", "Timer"]
+           "fp_at_accuracy", "relative_efficiency", "count_flops", "peak_memory_gb", "reset_peak_memory"]

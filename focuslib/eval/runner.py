@@ -34,15 +34,17 @@ from pathlib import Path
 from typing import Callable
 
 from focuslib.core.config import preset
-from focuslib.core.search import Focus
+from focuslib.core.trace import Clock
 from focuslib.eval import metrics as M
-from focuslib.eval.baselines import baseline_tag, make_baseline
+from focuslib.eval.baselines import BASELINE_METHODS, baseline_tag
 from focuslib.eval.benchmarks import BenchmarkSpec, get_spec, load_benchmark, Sample
 from focuslib.eval.schemes import logits_match
+from focuslib.eval.solver import make_solver, Solver, SOLVER_METHODS
 from focuslib.images import FocusInputError
+from focuslib.models.base import calls_since
 
 
-METHODS = ("vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad")  # baselines: focuslib.eval.baselines
+METHODS = SOLVER_METHODS   # vanilla, focus and the baselines (focuslib.eval.solver)
 SCHEMES = ("generate", "logits", "open")
 
 
@@ -346,14 +348,12 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     cfg.resolved_layers(mllm.num_layers)  # a bad layer range fails here, not as an error in every record
     cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["_layers_override"] = bool(layers)
-    solver = None
-    if method not in ("vanilla", "focus"):  # a baseline answers instead of FOCUS, same records and accounting
-        solver = make_baseline(mllm, method, max_new_tokens=cfg.max_new_tokens, **(baseline_options or {}))
+    solver = make_solver(mllm, method, cfg, **(baseline_options or {}))   # eval.solver: one contract for all
+    if method in BASELINE_METHODS:  # a baseline's own config is what its results depend on
         cfg_dict = dataclasses.asdict(solver.config)
         cfg_dict["_tag"] = baseline_tag(method, baseline_options)
     settings = RunSettings(spec.name, method, n_steps, scheme, getattr(mllm, "name", "model"), cfg_dict,
                            gt_targets, reuse_permutations)
-    focus = solver or Focus(mllm, cfg)
 
     rank, world = shard or shard_info()
     units: list[list[Sample]] = []  # permutation groups stay in one shard
@@ -412,8 +412,8 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
         _start_on_new_line(path)
         with open(path, "a") as fh:
             for s in todo:
-                rec = _run_sample(mllm, focus, spec, s, method, scheme, gt_targets, flops, judge,
-                                  shared if reuse_permutations else None)
+                rec = _run_sample(mllm, solver, spec, s, method, scheme, gt_targets, flops, judge,
+                                  shared if reuse_permutations and method != "vanilla" else None)
                 fh.write(json.dumps(rec, default=str) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -445,17 +445,17 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
             "stem": stem}
 
 
-def _run_sample(mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme: str, gt_targets: bool,
+def _run_sample(mllm, solver: Solver, spec: BenchmarkSpec, s: Sample, method: str, scheme: str, gt_targets: bool,
                 flops: bool, judge, shared: dict | None) -> dict:
     rec = {"id": s.id, "benchmark": spec.name, "method": method, "scheme": scheme, "category": s.category,
            "groups": s.groups, "gt": s.answer, "options": s.options, "gt_boxes": s.gt_boxes}
     try:
-        return _answer_sample(rec, mllm, focus, spec, s, method, scheme, gt_targets, flops, judge, shared)
+        return _answer_sample(rec, mllm, solver, spec, s, method, scheme, gt_targets, flops, judge, shared)
     finally:
         rec["finished_at"] = round(time.time(), 6)  # merge rule: the newest record per id wins
 
 
-def _answer_sample(rec: dict, mllm, focus, spec: BenchmarkSpec, s: Sample, method: str, scheme: str,
+def _answer_sample(rec: dict, mllm, solver: Solver, spec: BenchmarkSpec, s: Sample, method: str, scheme: str,
                    gt_targets: bool, flops: bool, judge, shared: dict | None) -> dict:
     device = mllm.device
     try:
@@ -466,17 +466,15 @@ def _answer_sample(rec: dict, mllm, focus, spec: BenchmarkSpec, s: Sample, metho
 
         def work():
             trace, reused = None, None
-            if method == "vanilla":
-                final = [image]
-                pred = None if scheme == "logits" else mllm.generate([image], prompt,
-                                                                     max_new_tokens=focus.config.max_new_tokens)
+            if method == "vanilla" and scheme == "logits":   # the options are scored on the whole image
+                final, pred = [image], None
             elif shared is not None and s.group in shared:
                 reused, trace = shared[s.group]
                 final = trace.final_images
                 pred = None if scheme == "logits" else mllm.generate(final, prompt,
-                                                                     max_new_tokens=focus.config.max_new_tokens)
+                                                                     max_new_tokens=solver.config.max_new_tokens)
             else:
-                trace = focus.answer(image, s.question, targets=(s.targets if gt_targets else None),
+                trace = solver.answer(image, s.question, targets=(s.targets if gt_targets else None),
                                      answer_prompt=prompt)
                 final, pred = trace.final_images, trace.answer
                 if shared is not None and s.group:
@@ -487,15 +485,13 @@ def _answer_sample(rec: dict, mllm, focus, spec: BenchmarkSpec, s: Sample, metho
                 pred = s.option_sentences[best]
             return pred, trace, reused, scores
 
-        with M.Timer(device) as t:
+        clock = Clock(device)
+        with clock("total") as t:
             if flops:
                 (pred, trace, reused, scores), n_flops = M.count_flops(work)
             else:
                 (pred, trace, reused, scores), n_flops = work(), None
-        calls = Counter(mllm.calls)
-        calls.subtract(before)
-        calls = {k: v for k, v in calls.items() if v}
-        calls["total"] = sum(v for k, v in calls.items() if k != "verify_crops")
+        calls = calls_since(mllm, before)
         rec.update(pred=pred, search_fp=0 if (trace is None or reused) else trace.search_fp, model_calls=calls,
                    time_s=t.s, peak_mem_gb=M.peak_memory_gb(device), flops=n_flops, error=None)
         if reused:

@@ -1,4 +1,5 @@
-"""Model adapters, one per family, and `load_mllm` to load any of them by hub id or local path."""
+"""Model adapters, one per family (each registers itself in models.registry), and `load_mllm` to load any of them
+by hub id, alias or local path."""
 from __future__ import annotations
 
 import os
@@ -10,20 +11,9 @@ from focuslib.models.base import EXISTENCE_PROMPT, MLLM, RelevancePass, TokenLay
 from focuslib.models.llava import LlavaAdapter
 from focuslib.models.onevision import OneVisionAdapter
 from focuslib.models.qwen import QwenVLAdapter
+from focuslib.models.registry import FAMILIES, family_of_model_type, hub_ids, list_families, register_family
 
-
-# config.model_type -> (adapter class, transformers model class name)
-FAMILIES: dict[str, tuple[type[MLLM], str]] = {
-    "llava": (LlavaAdapter, "LlavaForConditionalGeneration"),
-    "llava_onevision": (OneVisionAdapter, "LlavaOnevisionForConditionalGeneration"),
-    "qwen2_5_vl": (QwenVLAdapter, "Qwen2_5_VLForConditionalGeneration"),
-}
-
-HUB_IDS = {
-    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "llava-ov-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-}
+HUB_IDS = hub_ids()   # alias -> hub id (the adapters above registered themselves)
 
 
 def default_device() -> str:
@@ -121,7 +111,7 @@ def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
     Attention stays SDPA/flash: FOCUS never needs attention weights.
     """
     import transformers
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     name, src = resolve_source(name_or_path)
     device = device or default_device()
@@ -134,14 +124,15 @@ def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
             f"cannot load model config for {'local path' if local else 'hub id'} {name!r}: "
             f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
             + ("" if local else f"\nIf this machine has no network, {download_hint(name)}.")) from e
-    if cfg.model_type not in FAMILIES:
-        raise ValueError(f"model type {cfg.model_type!r} of {name!r} is not supported; "
-                         f"supported: {sorted(FAMILIES)}")
-    adapter_cls, model_cls = FAMILIES[cfg.model_type]
-    model = getattr(transformers, model_cls).from_pretrained(
+    try:
+        fam = family_of_model_type(cfg.model_type)
+    except ValueError:
+        raise ValueError(f"model type {cfg.model_type!r} of {name!r} is not supported; supported: "
+                         f"{sorted(f.model_type for f in FAMILIES.values())}") from None
+    adapter_cls = fam.adapter
+    model = getattr(transformers, fam.model_class).from_pretrained(
         name, dtype=dt, attn_implementation=attn_implementation, **src).to(device)
-    loader = getattr(adapter_cls, "load_processor", None)
-    processor = loader(name, **src) if loader else AutoProcessor.from_pretrained(name, **src)
+    processor = adapter_cls.load_processor(name, **src)
     meta = focuslib_meta(name) if os.path.isdir(name) else {}
     if "system" not in adapter_kwargs:
         if "system" in meta:
@@ -152,4 +143,4 @@ def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
 
 
 __all__ = ["MLLM", "TokenLayout", "RelevancePass", "EXISTENCE_PROMPT", "yes_confidence",
-           "load_mllm", "resolve_source", "hub_reachable", "download_hint", "LlavaAdapter", "OneVisionAdapter", "QwenVLAdapter", "FAMILIES", "HUB_IDS"]
+           "load_mllm", "resolve_source", "hub_reachable", "download_hint", "LlavaAdapter", "OneVisionAdapter", "QwenVLAdapter", "FAMILIES", "HUB_IDS", "list_families", "register_family"]

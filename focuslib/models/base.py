@@ -103,9 +103,17 @@ class MLLM(ABC):
     def prompt(self, text: str, n_images: int) -> str:
         """The model's chat format around a user turn with `n_images` images, ending where the answer starts."""
 
+    @classmethod
+    def load_processor(cls, name: str, **kw):
+        """The checkpoint's processor (load_mllm calls it); adapters whose processor class transformers
+        cannot infer, or must patch, override it."""
+        from transformers import AutoProcessor   # transformers loads lazily (seconds): only when a model does
+        return AutoProcessor.from_pretrained(name, **kw)
+
     @abstractmethod
-    def build_inputs(self, images: list[list[Image.Image]], texts: list[str]):
-        """Processor call for a batch: `images[b]` are the images of prompt `texts[b]`. Returns a BatchFeature."""
+    def build_inputs(self, images: list[list[Image.Image]], texts: list[str], offsets: bool = False):
+        """Processor call for a batch: `images[b]` are the images of prompt `texts[b]`. Returns a BatchFeature;
+        offsets=True adds the tokenizer's `offset_mapping` (relevance_pass finds the target's tokens with it)."""
 
     @abstractmethod
     def layout(self, image: Image.Image, inputs, index: int = 0) -> TokenLayout:

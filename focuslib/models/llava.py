@@ -15,6 +15,7 @@ from PIL import Image
 from focuslib.core.config import SYSTEM_LINES
 from focuslib.images import pad_to_square
 from focuslib.models.base import MLLM, TokenLayout
+from focuslib.models.registry import register_family
 
 
 def fix_processor(processor, config) -> list[str]:
@@ -42,8 +43,9 @@ def fix_processor(processor, config) -> list[str]:
     return fixed
 
 
+@register_family("llava-1.5", model_type="llava", model_class="LlavaForConditionalGeneration",
+                 alias="llava-1.5-7b", hub_id="llava-hf/llava-1.5-7b-hf", paper_name="LLaVA-1.5-7B")
 class LlavaAdapter(MLLM):
-    family = "llava-1.5"
     multi_image = False
 
     def __init__(self, model, processor, name: str = "", system: str | None = None):

@@ -35,6 +35,7 @@ from PIL import Image
 
 from focuslib.core.config import INPUTS, SYSTEM_LINES
 from focuslib.models.base import MLLM, TokenLayout
+from focuslib.models.registry import register_family
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +72,10 @@ def patch_output_size(size_hw, target_hw) -> tuple[int, int]:
     return th, min(math.ceil(w * sh), tw)
 
 
+@register_family("llava-onevision", model_type="llava_onevision",
+                 model_class="LlavaOnevisionForConditionalGeneration", alias="llava-ov-7b",
+                 hub_id="llava-hf/llava-onevision-qwen2-7b-ov-hf", paper_name="LLaVA-OV-7B")
 class OneVisionAdapter(MLLM):
-    family = "llava-onevision"
     multi_image = True
     answer_prefix = ""   # the answer starts right after "<|im_start|>assistant\n"
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 from focuslib.core.config import INPUTS, SYSTEM_LINES
 from focuslib.models.base import MLLM, TokenLayout
+from focuslib.models.registry import register_family
 
 
 SYSTEM = "You are a helpful assistant."   # Qwen2.5-VL chat template's default system turn (config.SYSTEM_LINES)
@@ -43,8 +44,9 @@ def processor_class():
     return FocusQwen2_5_VLProcessor
 
 
+@register_family("qwen2.5-vl", model_type="qwen2_5_vl", model_class="Qwen2_5_VLForConditionalGeneration",
+                 alias="qwen2.5-vl-7b", hub_id="Qwen/Qwen2.5-VL-7B-Instruct", paper_name="Qwen2.5-VL-7B")
 class QwenVLAdapter(MLLM):
-    family = "qwen2.5-vl"
     multi_image = True
     answer_prefix = ""   # the answer starts right after "<|im_start|>assistant\n"
 

@@ -15,6 +15,7 @@ from focuslib.eval import metrics as M
 from focuslib.eval.benchmarks import get_spec
 from focuslib.eval.metrics import partial_note
 from focuslib.eval.runner import read_records, unique_records
+from focuslib.models.registry import FAMILIES, paper_model_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,14 +30,9 @@ COLUMNS = ["table", "model", "method", "setting", "n_steps", "scheme", "benchmar
 METRICS = ("acc", "fp", "recall", "time_s", "mem_gb", "tflops", "calls")
 
 
-# our adapter family -> the paper's model id in paper_results.csv
-FAMILY_TO_PAPER = {"llava-1.5": "llava-1.5-7b", "llava-onevision": "llava-ov-7b", "qwen2.5-vl": "qwen2.5-vl-7b"}
-
-
-PAPER_MODEL_NAMES = {"llava-1.5-7b": "LLaVA-1.5-7B", "llava-ov-7b": "LLaVA-OV-7B", "qwen2.5-vl-7b": "Qwen2.5-VL-7B",
-                     "seal": "SEAL", "-": "-"}
-
-
+# our adapter family -> the paper's model id in paper_results.csv, and how the paper names each model
+FAMILY_TO_PAPER = {f.key: f.alias for f in FAMILIES.values()}
+PAPER_MODEL_NAMES = {**paper_model_names(), "seal": "SEAL", "-": "-"}
 METHOD_NAMES = {"vanilla": "vanilla", "focus": "FOCUS", "zoomeye": "ZoomEye", "vicrop": "ViCrop", "dc2": "DC²",
                 "seal": "SEAL", "random": "random guess"}
 

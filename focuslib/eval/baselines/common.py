@@ -1,4 +1,5 @@
-"""What the baselines share: Yes/No confidences with any prompt, a Trace-compatible result, the clock.
+"""What the baselines share: Yes/No confidences with any prompt and their presets (their trace and clock are
+focuslib.core.trace's BaselineTrace and Clock).
 
 `yes_no_logits(mllm, images, text, purpose)` is the adapters' `existence_logits` generalised to any
 yes/no question: ONE batched forward of `text` with each image, last-position (l_yes, l_no). Paper
@@ -10,7 +11,7 @@ the tests) is used as is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -49,41 +50,6 @@ def view_confidence(mllm, images: list[Image.Image], text: str, purpose: str) ->
         logits = out.logits[:, -1][:, [mllm.answer_token_id("Yes"), mllm.answer_token_id("No")]].float().cpu()
         mllm.calls[purpose] += 1
     return float(yes_confidence(logits)[0])
-
-
-@dataclass
-class BaselineTrace:
-    """A baseline's answer, with the fields the runner reads from a FOCUS `Trace`.
-
-    per_target: [{"target", "rois": [{"box", "confidence", ...}], "verified": [i...], "best": i,
-                  "selected": [i...]}] -- the regions the search examined (V*Bench recall, D21).
-    """
-    method: str
-    question: str
-    targets: list[str]
-    qtype: int
-    target_source: str
-    per_target: list[dict]
-    chosen_boxes: list[tuple[int, int, int, int]]
-    final_mode: str
-    final_size: tuple[int, int]
-    answer: str
-    search_fp: int
-    model_calls: dict[str, int]
-    timings: dict[str, float]
-    notes: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-    final_images: list[Image.Image] = field(default_factory=list, repr=False)
-
-    def summary(self) -> dict:
-        return {
-            "method": self.method, "question": self.question, "answer": self.answer, "targets": self.targets,
-            "qtype": self.qtype, "target_source": self.target_source,
-            "chosen_boxes": [list(b) for b in self.chosen_boxes], "final_mode": self.final_mode,
-            "final_size": list(self.final_size), "search_fp": self.search_fp,
-            "model_calls": dict(self.model_calls), "timings": dict(self.timings), "notes": list(self.notes),
-            "per_target": self.per_target, "extra": self.extra,
-        }
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from focuslib.core.search import _Clock
 from focuslib.core.targets import strip_options
-from focuslib.eval.baselines.common import BaselineTrace, build_preset
+from focuslib.core.trace import BaselineTrace, Clock
+from focuslib.eval.baselines.common import build_preset
 from focuslib.images import crop, FocusInputError, load_image
 from focuslib.models.base import calls_since, TokenLayout
 
@@ -287,7 +287,7 @@ class ViCrop:
         image = load_image(image)
         m, cfg = self.mllm, self.config
         before = Counter(m.calls)
-        clock = _Clock(getattr(m, "device", "cpu"))
+        clock = Clock(getattr(m, "device", "cpu"))
         bare = strip_options(question) or question  # the original's short_question (V*: the first line)
         text = answer_prompt or question
         extra = {"config": asdict(cfg)}

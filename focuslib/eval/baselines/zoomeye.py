@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image, ImageDraw
 
-from focuslib.core.search import _Clock
 from focuslib.core.targets import extract_targets, strip_options
-from focuslib.eval.baselines.common import BaselineTrace, build_preset, confidences, view_confidence
+from focuslib.core.trace import BaselineTrace, Clock
+from focuslib.eval.baselines.common import build_preset, confidences, view_confidence
 from focuslib.images import crop, FocusInputError, load_image, pad_to_square
 from focuslib.models.base import calls_since, EXISTENCE_PROMPT
 
@@ -417,7 +417,7 @@ class ZoomEye:
         image = load_image(image)
         m, cfg = self.mllm, self.config
         before = Counter(m.calls)
-        clock = _Clock(getattr(m, "device", "cpu"))
+        clock = Clock(getattr(m, "device", "cpu"))
         notes: list[str] = []
         per_target, found = [], []
         extra: dict = {"config": asdict(cfg)}
