@@ -9,10 +9,11 @@ process writes its own shard file and process 0 merges them at the end (`merge_s
 record per id wins). One writer per file (an OS file lock); appends always start on a new line; the
 summary counts each id once (the last record).
 
-Methods: "vanilla" (the base model on the whole image) and "focus"; the paper's ablations are
-options of focus: map_variant random | kk | vv, ranking=False, layers=(l, L), overrun.
-Baselines (focuslib.eval.baselines, decisions.md D22): "zoomeye" and "vicrop-rel" / "vicrop-grad", with
-`baseline_options` (depth, children / high, ...); same records, FP / time / memory / FLOPs accounting.
+Methods: each is a Solver (focuslib.eval.solver, docs/architecture.md) driven the same way: "vanilla" (the
+base model on the whole image), "focus" (the paper's ablations are options of focus: map_variant
+random | kk | vv, ranking=False, layers=(l, L), overrun) and the baselines (focuslib.eval.baselines,
+decisions.md D22) "zoomeye" and "vicrop-rel" / "vicrop-grad", with `baseline_options` (depth, children /
+high, ...); same records, FP / time / memory / FLOPs accounting.
 Schemes: "generate" (default: open-ended generation with the options in the prompt, exact match),
 "logits" (V*Bench logits matching, C.5), "open" (V*Bench without options, LLM judge, C.2).
 HR-Bench option-permutation reuse (off by default): the 4 cyclic permutations of a question share the

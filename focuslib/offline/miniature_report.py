@@ -309,7 +309,7 @@ def model_card(model: str | Path, rep: dict) -> str:
         "**Data.** Generated on the fly, deterministic by seed: 800 x 600 scenes with 4-9 shapes of 20-40 px "
         "(half the benchmark's scale), viewed through the whole scene, windows around an object at 1.3-14 x its "
         "size, and random windows, each padded to square and resized to 96 px by the real processor path.",
-        "**Recipe** (`make miniature`, `focuslib/miniature.py`, decisions D23): V vision-tower pre-training "
+        "**Recipe** (`make miniature`, `focuslib/offline/miniature.py`, decisions D23): V vision-tower pre-training "
         "(multi-label colour/shape classification, max-pooled patch head) -> T LM pre-training on word scenes "
         "(the image positions carry word embeddings) -> A projector alignment on captions (LM and tower frozen) -> "
         "I instruction tuning (projector + LM). Steps " + json.dumps(r.get("steps")) + ", batch sizes "
