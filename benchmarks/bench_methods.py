@@ -203,11 +203,11 @@ def script_yes_no(mllm, base_side: int):
     real = mllm.ask_yes_no
     logit = lambda yes: [4.0, -4.0] if yes else [-4.0, 4.0]   # noqa: E731
 
-    def ask_yes_no(images, question):
-        real(images, question)
+    def ask_yes_no(images, question, purpose=None):
+        real(images, question, purpose)
         return torch.tensor([logit(scripted_yes(im, question, base_side)) for im in images]).view(-1, 2)
 
-    def yes_no_views(images, text, purpose):   # ZoomEye's two-image views: one real forward, decided on the zoom
+    def ask_views(images, text, purpose=None):   # ZoomEye's two-image views: one real forward, decided on the zoom
         inputs = mllm._to_device(mllm.build_inputs([list(images)], [mllm.prompt(text, len(images))]))
         with torch.no_grad():
             mllm._forward_batch(inputs, use_cache=False, logits_to_keep=1)
@@ -215,7 +215,7 @@ def script_yes_no(mllm, base_side: int):
         return torch.tensor([logit(scripted_yes(images[-1], text, base_side))])
 
     mllm.ask_yes_no = ask_yes_no
-    mllm.yes_no_views = yes_no_views
+    mllm.ask_views = ask_views
     return mllm
 
 

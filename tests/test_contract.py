@@ -57,7 +57,12 @@ def test_adapter_contract(family, request):
     assert rp.values[m.num_layers - 1] is not None and rp.target_tokens
     before = Counter(m.calls)
     logits = m.ask_yes_no([img, img.crop((0, 0, 224, 224))], "Is there a red square?")
-    assert logits.shape == (2, 2) and calls_since(m, before) == {"total": 0}   # callers count by purpose
+    assert logits.shape == (2, 2) and calls_since(m, before) == {"total": 0}   # no purpose: the caller counts
+    counted = m.ask_yes_no([img, img.crop((0, 0, 224, 224))], "Is there a red square?", purpose="probe")
+    assert torch.allclose(counted, logits, atol=1e-5) and calls_since(m, before) == {"probe": 2, "total": 2}
+    if m.multi_image:   # several images in one prompt: one forward pass
+        assert m.ask_views([img, img.crop((0, 0, 224, 224))], "Is the square red?", purpose="view").shape == (1, 2)
+        assert calls_since(m, before) == {"probe": 2, "view": 1, "total": 3}
     assert isinstance(m.generate([img], "What color is the square?", max_new_tokens=2), str)
 
 

@@ -55,7 +55,7 @@ class FakeMLLM:
     def __init__(self, script):
         self.script, self.calls, self.log = script, Counter(), []
 
-    def yes_no_logits(self, images, text, purpose):
+    def ask_yes_no(self, images, text, purpose=None):
         self.calls[purpose] += len(images)
         rows = []
         for im in images:
@@ -266,7 +266,7 @@ class FakeOV(FakeMLLM):
     """Multi-image: two-image views are decoded at the centre of the enlarged view."""
     family, multi_image = "llava-onevision", True
 
-    def yes_no_logits(self, images, text, purpose):
+    def ask_yes_no(self, images, text, purpose=None):
         self.calls[purpose] += len(images)
         rows = []
         for im in images:
@@ -276,7 +276,7 @@ class FakeOV(FakeMLLM):
             rows.append(logit_row(self.script(k, box, text)))
         return torch.tensor(rows)
 
-    def yes_no_views(self, images, text, purpose):
+    def ask_views(self, images, text, purpose=None):
         self.calls[purpose] += 1
         glob, zoomed = images
         assert glob.size == (384, 384) and zoomed.getpixel((1, 1))[:3] == (255, 0, 0)   # outlined

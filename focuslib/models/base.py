@@ -265,12 +265,14 @@ class MLLM(ABC):
         return groups
 
     @torch.no_grad()
-    def ask_yes_no(self, images: list[Image.Image], question: str) -> torch.Tensor:
+    def ask_yes_no(self, images: list[Image.Image], question: str, purpose: str | None = None) -> torch.Tensor:
         """`[B, 2]` (l_yes, l_no) at the last position for `question` about each image: batched forwards
-        (one, unless `length_groups` splits crops of very different token counts), not counted (callers
-        count by purpose)."""
+        (one, unless `length_groups` splits crops of very different token counts). With `purpose`, each image
+        counts as one forward pass in `calls[purpose]` (A.2, decisions.md D22); without, the caller counts."""
         if not images:
             return torch.zeros(0, 2)
+        if purpose:
+            self.calls[purpose] += len(images)
         text = self.prompt(question, 1)
         ids = [self.answer_token_id("Yes"), self.answer_token_id("No")]
         out = torch.zeros(len(images), 2)
@@ -280,6 +282,16 @@ class MLLM(ABC):
             out[g] = res.logits[:, -1][:, ids].float().cpu()
             del res, inputs
         return out
+
+    @torch.no_grad()
+    def ask_views(self, images: list[Image.Image], question: str, purpose: str | None = None) -> torch.Tensor:
+        """`[1, 2]` (l_yes, l_no) of `question` about several images in ONE prompt (multi-image models:
+        ZoomEye's global view + zoomed view); one forward pass, counted once in `calls[purpose]`."""
+        inputs = self._to_device(self.build_inputs([list(images)], [self.prompt(question, len(images))]))
+        out = self._forward_batch(inputs, use_cache=False, logits_to_keep=1)
+        if purpose:
+            self.calls[purpose] += 1
+        return out.logits[:, -1][:, [self.answer_token_id("Yes"), self.answer_token_id("No")]].float().cpu()
 
     def existence_logits(self, images: list[Image.Image], target: str) -> torch.Tensor:
         """`[B, 2]` (l_yes, l_no) for each image with the existence prompt, in ONE batched forward."""

@@ -1,13 +1,10 @@
 """What the baselines share: Yes/No confidences with any prompt and their presets (their trace and clock are
 focuslib.core.trace's BaselineTrace and Clock).
 
-`yes_no_logits(mllm, images, text, purpose)` is the adapters' `existence_logits` generalised to any
-yes/no question: ONE batched forward of `text` with each image, last-position (l_yes, l_no). Paper
-accounting (A.2, decisions.md D22): every image in it is one forward pass, so `mllm.calls[purpose]`
-grows by the number of images (a batch of n crops = n FPs, as FOCUS's verified crops in D12).
-
-An object that has its own `yes_no_logits(images, text, purpose)` method (a scripted fake adapter in
-the tests) is used as is.
+`yes_no_logits(mllm, images, text, purpose)` is the adapters' `ask_yes_no` with a purpose: ONE batched forward
+of `text` with each image, last-position (l_yes, l_no). Paper accounting (A.2, decisions.md D22): every image
+in it is one forward pass, so `mllm.calls[purpose]` grows by the number of images (a batch of n crops = n FPs,
+as FOCUS's verified crops in D12). Test fakes implement the same adapter methods (ask_yes_no, ask_views).
 """
 from __future__ import annotations
 
@@ -19,17 +16,11 @@ from PIL import Image
 from focuslib.models.base import yes_confidence
 
 
-@torch.no_grad()
 def yes_no_logits(mllm, images: list[Image.Image], text: str, purpose: str) -> torch.Tensor:
     """`[B, 2]` (l_yes, l_no) of the yes/no question `text` about each image; B forward passes counted."""
     if not images:
         return torch.zeros(0, 2)
-    own = getattr(mllm, "yes_no_logits", None)
-    if own is not None:
-        return own(images, text, purpose)
-    logits = mllm.ask_yes_no(images, text)
-    mllm.calls[purpose] += len(images)
-    return logits
+    return mllm.ask_yes_no(images, text, purpose=purpose)
 
 
 def confidences(mllm, images: list[Image.Image], text: str, purpose: str) -> list[float]:
@@ -37,19 +28,10 @@ def confidences(mllm, images: list[Image.Image], text: str, purpose: str) -> lis
     return [float(c) for c in yes_confidence(yes_no_logits(mllm, images, text, purpose)).tolist()]
 
 
-@torch.no_grad()
 def view_confidence(mllm, images: list[Image.Image], text: str, purpose: str) -> float:
     """c of the yes/no question `text` about several images in ONE prompt (ZoomEye's two-image views of
-    multi-image models): one forward pass, counted as one. A scripted adapter's own `yes_no_views` is used."""
-    own = getattr(mllm, "yes_no_views", None)
-    if own is not None:
-        logits = own(images, text, purpose)
-    else:
-        inputs = mllm._to_device(mllm.build_inputs([list(images)], [mllm.prompt(text, len(images))]))
-        out = mllm._forward_batch(inputs, use_cache=False, logits_to_keep=1)
-        logits = out.logits[:, -1][:, [mllm.answer_token_id("Yes"), mllm.answer_token_id("No")]].float().cpu()
-        mllm.calls[purpose] += 1
-    return float(yes_confidence(logits)[0])
+    multi-image models): one forward pass, counted as one."""
+    return float(yes_confidence(mllm.ask_views(images, text, purpose=purpose))[0])
 
 
 @dataclass(frozen=True)
