@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from focuslib.core.config import BENCHMARK_ALIASES, preset
+from focuslib.core.config import preset
 from focuslib.core.rois import box_iou
 from focuslib.core.search import Focus
 from focuslib.doctor import add_arguments as doctor_arguments, cmd_doctor
@@ -146,10 +146,23 @@ def _inputs(a) -> dict:
     return {} if a.max_pixels is None else {"max_pixels": a.max_pixels}
 
 
+def preset_group(benchmark: str | None) -> str | None:
+    """`--benchmark` of `focus ask` -> its Tab. 7 preset group (eval.benchmarks resolves names and aliases);
+    "synthetic" (the demo's V*-style images) takes V*Bench's."""
+    if benchmark is None:
+        return None
+    if benchmark.lower() == "synthetic":
+        return "vstar"
+    try:
+        return get_spec(benchmark).preset
+    except BenchmarkError:
+        raise FocusInputError(f"unknown --benchmark {benchmark!r} for the preset; known: {sorted(BENCHMARKS)} "
+                              "and their aliases (v*, hrbench4k, ...)") from None
+
+
 def cmd_ask(a) -> int:
     _quiet()
-    if a.benchmark is not None and a.benchmark.lower() not in {*BENCHMARKS, *BENCHMARK_ALIASES}:
-        raise FocusInputError(f"unknown --benchmark {a.benchmark!r} for the preset; known: {sorted({*BENCHMARKS, *BENCHMARK_ALIASES})}")
+    group = preset_group(a.benchmark)
     if not a.question.strip():
         raise FocusInputError("the question is empty; ask something about the image, e.g. --question 'What color is the car?'")
     targets = check_targets(a.targets)
@@ -165,7 +178,7 @@ def cmd_ask(a) -> int:
     over = {} if a.overrun is None else {"overrun": a.overrun}
     if a.layers:
         over["layers"] = tuple(a.layers)
-    cfg = preset(mllm.family, a.benchmark, n_steps=a.n_steps, **over)
+    cfg = preset(mllm.family, group, n_steps=a.n_steps, **over)
     layers = cfg.resolved_layers(mllm.num_layers)
     print(f"model: {mllm.name} ({mllm.family}, {mllm.num_layers} layers, {mllm.device}); "
           f"relevance layers [{layers.start}, {layers.stop})")

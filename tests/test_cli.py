@@ -1,6 +1,8 @@
 """The `focus` command line: ask (with viz and JSON) and demo, on the tiny model."""
 import json
 
+import pytest
+
 from PIL import Image
 
 from focuslib.cli import main
@@ -38,3 +40,19 @@ def test_demo_writes_visualization(tiny_llava_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "answer:" in out and "ground truth" in out
     assert (tmp_path / "demo_focus.png").exists() and json.loads((tmp_path / "demo_trace.json").read_text())
+
+
+def test_ask_benchmark_names_resolve_through_the_one_alias_table():
+    """`focus ask --benchmark hrbench_4k` used the base preset (the preset's own alias table knew only `hrbench4k`);
+    names and aliases now resolve in eval.benchmarks.ALIASES to the spec's preset group."""
+    from focuslib.cli import preset_group
+    from focuslib.core.config import preset
+    from focuslib.images import FocusInputError
+    assert [preset_group(b) for b in ("hrbench_4k", "HRBench8K", "v*", "synthetic", "mme", None)] == \
+        ["hrbench", "hrbench", "vstar", "vstar", "mme", None]
+    assert preset("llava-1.5", preset_group("hrbench_4k"), n_steps=3).k == 30   # Tab. 10's switch below 3 (D-FC3)
+    assert preset("llava-1.5", None, n_steps=3).k == 15
+    with pytest.raises(FocusInputError, match="unknown preset benchmark"):
+        preset("llava-1.5", "hrbench_4k")          # a benchmark name is not a preset group: loud, not the base
+    with pytest.raises(FocusInputError, match="unknown --benchmark"):
+        preset_group("nosuchbench")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from focuslib.core import compose as C
 from focuslib.core.config import preset
+from focuslib.eval.benchmarks import get_spec
 from focuslib.models import EXISTENCE_PROMPT, QwenVLAdapter
 from focuslib.core.search import Focus
 from test_layout_llava import _inner, _paint
@@ -180,7 +181,7 @@ def test_preset_crop_spans_1_to_2x_base_resolution(tiny_qwen, bench):
     """A.3: s_max such that the largest ROI spans ~1-2x the encoder's base resolution; for Qwen2.5-VL we take
     ZoomEye's 448 px Qwen input size. Checked on the real grid of each benchmark's typical image."""
     size, _ = REAL_GRIDS[bench]
-    cfg = preset("qwen2.5-vl", bench.rsplit("_16x9", 1)[0], n_steps=8)
+    cfg = preset("qwen2.5-vl", get_spec(bench.rsplit("_16x9", 1)[0]).preset, n_steps=8)
     Wr, Hr = tiny_qwen.resized_size(size)
     cell = cfg.downsample * 28 * max(size[0] / Wr, size[1] / Hr)       # pooled cell side in original px
     assert 448 <= cfg.s_max * cell <= 2 * 448, (bench, cfg.s_max, cell)

@@ -9,6 +9,7 @@ from focuslib.core import rois as R
 from focuslib.core.config import preset, replace
 from focuslib.models.base import yes_confidence
 from focuslib.core.search import Focus
+from focuslib.eval.benchmarks import get_spec
 
 Q = "What is the color of the car?\n(A) red\n(B) blue\nAnswer with the option's letter from the given choices directly."
 
@@ -286,9 +287,10 @@ def test_rollout_norm_reaches_the_map(tiny_llava):
 
 
 @pytest.mark.parametrize("bench,ks", [("vstar", [15, 15, 15, 30, 30]), ("hrbench4k", [15, 15, 30, 30, 30]),
-                                      ("hrbench8k", [15, 15, 30, 30, 30])])
+                                      ("hrbench_8k", [15, 15, 30, 30, 30])])
 def test_k_small_budget(bench, ks):
     """Tab. 7: k = 15 below n_steps 4; Tab. 10's HR-Bench FPs jump at Steps-3 instead (decisions.md D-FC3)."""
-    assert [preset("llava-1.5", bench, n_steps=n).k for n in (1, 2, 3, 4, 8)] == ks
+    group = get_spec(bench).preset   # benchmark names and aliases: eval.benchmarks' one table
+    assert [preset("llava-1.5", group, n_steps=n).k for n in (1, 2, 3, 4, 8)] == ks
     assert preset("llava-1.5", "hrbench", n_steps=1, k=40).k == 40
     assert preset("llava-onevision", "hrbench", n_steps=1).k == 30

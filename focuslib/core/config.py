@@ -133,18 +133,22 @@ SYSTEM_LINES: dict[str, str] = {
     "qwen2.5-vl": "You are a helpful assistant.",
 }
 
-BENCHMARK_ALIASES = {"vstar": "vstar", "v*": "vstar", "vstar_bench": "vstar", "synthetic": "vstar",
-                     "hrbench4k": "hrbench", "hrbench8k": "hrbench", "hr-bench": "hrbench"}
+# The preset groups a benchmark may select (eval.benchmarks' BenchmarkSpec.preset); benchmark names and their
+# aliases resolve in ONE table, eval.benchmarks.ALIASES: `preset(family, get_spec(name).preset)`.
+PRESET_BENCHMARKS = ("vstar", "hrbench", "mme", "aokvqa", "gqa")
 
 
 def preset(family: str, benchmark: str | None = None, n_steps: int = 8, **overrides) -> FocusConfig:
-    """Tab. 7 hyperparameters for a model family, benchmark and budget, plus explicit overrides."""
+    """Tab. 7 hyperparameters for a model family, preset benchmark group (PRESET_BENCHMARKS; None: the family's
+    base preset) and budget, plus explicit overrides."""
     if family not in PRESETS:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(PRESETS)}")
     p = PRESETS[family]
     values = dict(p["base"])
-    bench = BENCHMARK_ALIASES.get((benchmark or "").lower(), (benchmark or "").lower())
-    values.update(p["benchmarks"].get(bench, {}))
+    if benchmark and benchmark not in PRESET_BENCHMARKS:
+        raise FocusInputError(f"unknown preset benchmark {benchmark!r}; known: {list(PRESET_BENCHMARKS)} (a benchmark "
+                              "name or alias gives its group: focuslib.eval.benchmarks.get_spec(name).preset)")
+    values.update(p["benchmarks"].get(benchmark or "", {}))
     small = values.pop("k_small_budget", p["k_small_budget"])
     if small is not None and n_steps < small[0]:
         values["k"] = small[1]
