@@ -9,13 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.core.config import preset
+from focuslib.core.config import INPUTS, preset, PRESETS, SYSTEM_LINES
 from focuslib.core.trace import Trace
+from focuslib.eval.baselines.vicrop import VICROP_PRESETS
+from focuslib.eval.baselines.zoomeye import ZOOMEYE_PRESETS
 from focuslib.eval.solver import make_solver, Solver, SOLVER_METHODS
 from focuslib.images import FocusInputError
 from focuslib.models import load_mllm
 from focuslib.models.base import calls_since, MLLM, TokenLayout
 from focuslib.models.registry import FAMILIES, family_of_model_type, list_families
+from focuslib.offline import mini_real
+from focuslib.report.tables import FAMILY_TO_PAPER
 
 # family -> the session fixture building its tiny checkpoint (tests/conftest.py)
 TINY = {"llava-1.5": "tiny_llava_path", "llava-onevision": "tiny_ov_path", "qwen2.5-vl": "tiny_qwen_path"}
@@ -40,6 +44,17 @@ def test_every_registered_family_is_tested():
     assert list_families() == list(TINY)   # registering a family without a tiny checkpoint fails here
     for f in FAMILIES.values():
         assert f.adapter.family == f.key and family_of_model_type(f.model_type) is f
+
+
+def test_one_family_key_drives_every_per_family_table():
+    """Presets, inputs, chat formats, the baselines' presets and the offline builders are data keyed by the
+    registry's family key: none may miss a registered family or keep a stale one; hub ids agree."""
+    keys = set(list_families())
+    for table in (PRESETS, INPUTS, SYSTEM_LINES, VICROP_PRESETS, ZOOMEYE_PRESETS, mini_real.REAL, mini_real.BUILDERS,
+                  FAMILY_TO_PAPER):
+        assert set(table) == keys
+    assert set(mini_real.FAMILIES) == keys
+    assert {k: r["hub_id"] for k, r in mini_real.REAL.items()} == {k: f.hub_id for k, f in FAMILIES.items()}
 
 
 @pytest.mark.parametrize("family", list_families())
