@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from focuslib.core.config import preset
 from focuslib.core.rois import box_iou
 from focuslib.core.search import Focus
@@ -44,7 +46,6 @@ def check_device(device: str | None) -> str | None:
     """None (auto), cpu, cuda, cuda:N or mps, and only a device torch can use."""
     if device is None:
         return None
-    import torch
     kind, _, idx = device.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()) or (kind == "cpu" and idx):
         raise FocusInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps (default: cuda if available)")

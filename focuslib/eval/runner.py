@@ -34,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from focuslib.core.config import preset
 from focuslib.core.trace import Clock
 from focuslib.eval import metrics as M
@@ -516,7 +518,6 @@ def _answer_sample(rec: dict, mllm, solver: Solver, spec: BenchmarkSpec, s: Samp
             rec["rois"] = M.examined_rois(summ)
     except Exception as e:  # the sample fails, the run goes on
         try:
-            import torch
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         except Exception:

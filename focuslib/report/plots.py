@@ -122,7 +122,6 @@ def pareto_points(long_df, benchmark: str, category: str = "overall"):
 def pareto_plot(long_df, benchmarks: Sequence[str], title: str = "", annotate: bool = True):
     """Fig. 3: accuracy vs search FPs per benchmark, hue = method, marker = source (paper / ours); each
     source's Pareto front drawn as a step line."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
     n = max(1, len(benchmarks))
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.4), squeeze=False)
@@ -154,8 +153,6 @@ def pareto_plot(long_df, benchmarks: Sequence[str], title: str = "", annotate: b
 def qualitative_figure(sample, image, trace, vanilla_pred: str | None, title: str = ""):
     """Fig. 5 / 8-10 panels for one sample: original (GT boxes), relevance map(s) with ROIs, the final
     input, and the answers with and without FOCUS."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     targets = trace.per_target or [None]
     fig, axes = plt.subplots(1, 2 + len(targets), figsize=(4.2 * (2 + len(targets)), 4.4), squeeze=False)
@@ -191,7 +188,6 @@ def qualitative_figure(sample, image, trace, vanilla_pred: str | None, title: st
 
 def scaling_plot(bench, metric: str = "time_s_x"):
     """Cost vs image size (one line per method) and FOCUS cost vs n_steps (one line per image size)."""
-    import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, g in bench.groupby("method", sort=False):
         if "w/o" in name:

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from focuslib.core.config import preset
 from focuslib.core.search import Focus
 from focuslib.eval.benchmarks import get_spec, load_benchmark
@@ -32,7 +34,6 @@ class Session:
                  synthetic_n: int = 8, progress: bool = False):
         if smoke:
             model, data = "tiny", "synthetic"
-            import torch
             torch.set_num_threads(1)   # smoke runs share a small CPU (tests run notebooks in parallel)
         self.model_arg, self.data, self.limit, self.smoke = model, data, limit, smoke
         self.device, self.dtype, self.synthetic_n, self.progress = device, dtype, synthetic_n, progress
