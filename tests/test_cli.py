@@ -50,7 +50,7 @@ def test_ask_benchmark_names_resolve_through_the_one_alias_table():
     from focuslib.images import FocusInputError
     assert [preset_group(b) for b in ("hrbench_4k", "HRBench8K", "v*", "synthetic", "mme", None)] == \
         ["hrbench", "hrbench", "vstar", "vstar", "mme", None]
-    assert preset("llava-1.5", preset_group("hrbench_4k"), n_steps=3).k == 30   # Tab. 10's switch below 3 (D-FC3)
+    assert preset("llava-1.5", preset_group("hrbench_4k"), n_steps=3).k == 30   # Tab. 10's switch below 3 (D30)
     assert preset("llava-1.5", None, n_steps=3).k == 15
     with pytest.raises(FocusInputError, match="unknown preset benchmark"):
         preset("llava-1.5", "hrbench_4k")          # a benchmark name is not a preset group: loud, not the base

@@ -289,7 +289,7 @@ def test_rollout_norm_reaches_the_map(tiny_llava):
 @pytest.mark.parametrize("bench,ks", [("vstar", [15, 15, 15, 30, 30]), ("hrbench4k", [15, 15, 30, 30, 30]),
                                       ("hrbench_8k", [15, 15, 30, 30, 30])])
 def test_k_small_budget(bench, ks):
-    """Tab. 7: k = 15 below n_steps 4; Tab. 10's HR-Bench FPs jump at Steps-3 instead (decisions.md D-FC3)."""
+    """Tab. 7: k = 15 below n_steps 4; Tab. 10's HR-Bench FPs jump at Steps-3 instead (decisions.md D30)."""
     group = get_spec(bench).preset   # benchmark names and aliases: eval.benchmarks' one table
     assert [preset("llava-1.5", group, n_steps=n).k for n in (1, 2, 3, 4, 8)] == ks
     assert preset("llava-1.5", "hrbench", n_steps=1, k=40).k == 40

@@ -1,4 +1,4 @@
-"""ViCrop against its official code (saccharomycetes/mllms_know; decisions.md D24-VC cites file + line).
+"""ViCrop against its official code (saccharomycetes/mllms_know; decisions.md D24 cites file + line).
 
 Every expected value below is derived by hand from the original's algorithm, in the comment next to it:
 grad-att differentiates log p(greedy token); "-high" tiles are ceil(H/1024) rows x floor(rows*W/H) columns

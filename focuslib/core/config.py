@@ -62,7 +62,7 @@ class FocusConfig:
 
         The paper's ranges are for 32 (LLaVA-1.5) / 28 (Qwen2-7B in OV) layers; tiny or other
         models get the same fraction of depth. A range outside 0..ref_layers or empty raises
-        FocusInputError naming both depths (decisions.md D-RB2); a non-empty range that rounds to
+        FocusInputError naming both depths (decisions.md D36); a non-empty range that rounds to
         nothing on a shallow model keeps one layer (the trace records the resolved range).
         """
         l, L = self.layers
@@ -81,13 +81,13 @@ class FocusConfig:
 
 
 # Tab. 7. "base" applies always; "benchmarks" overrides per benchmark; "k_small_budget" is
-# (n_steps threshold, k below it) for LLaVA-1.5, which a benchmark may override (decisions.md D-FC3).
+# (n_steps threshold, k below it) for LLaVA-1.5, which a benchmark may override (decisions.md D30).
 PRESETS: dict[str, dict] = {
     "llava-1.5": {
         "base": dict(k=30, s_min=3, s_max=5, s_dist=3.0, layers=(14, 32), ref_layers=32,
                      t_type2=0.6, t_obj_dist=1200.0, final_min_side=336, merge_buffer=50,
                      canvas_max_crop_side=336, canvas_gap=0),
-        # Tab. 7 says k = 15 if n_steps < 4; Tab. 10's HR-Bench FPs only fit a switch below 3 (D-FC3)
+        # Tab. 7 says k = 15 if n_steps < 4; Tab. 10's HR-Bench FPs only fit a switch below 3 (D30)
         "benchmarks": {"vstar": dict(s_dist=2.0), "hrbench": dict(k_small_budget=(3, 15))},
         "k_small_budget": (4, 15),
     },
@@ -121,7 +121,7 @@ INPUTS: dict[str, dict] = {
     "qwen2.5-vl": {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384},
 }
 
-# The system line of each family's chat format (decisions.md D-RC2): what the paper's lmms-eval-style runs
+# The system line of each family's chat format (decisions.md D32): what the paper's lmms-eval-style runs
 # had, i.e. the LLaVA conversation templates lmms-eval and ZoomEye use (vicuna_v1 / "v1" for LLaVA-1.5,
 # qwen_1_5 for LLaVA-OV) and Qwen2.5-VL's own chat-template default. "" = no system line. Override per run
 # with `load_mllm(..., system=...)`; a checkpoint built by this kit may set "system" in its focuslib.json.

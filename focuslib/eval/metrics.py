@@ -5,7 +5,7 @@ label is "A". Only surrounding whitespace is ignored (the adapters strip it, dec
 A lenient letter-extraction variant is offered for diagnosis, never for the paper's numbers.
 GQA's open answers: exact match after lowercasing and DELETING punctuation (lmms-eval's gqa task:
 exact_match with ignore_case + ignore_punctuation; LLaVA-1.5's convert_gqa_for_eval strips a trailing
-"." and lowercases), so "t-shirt" matches "t-shirt" and "T-shirt." but not "t shirt" (decisions D27-MS).
+"." and lowercases), so "t-shirt" matches "t-shirt" and "T-shirt." but not "t shirt" (decisions D27).
 
 HR-Bench (official scoring, VLMEvalKit report_acc_hrbench / lmms-eval hrbench_aggregate_results): each
 question appears in 4 option permutations ("cycles"); the score is the mean over cycles of the per-cycle
@@ -82,7 +82,7 @@ _DELETE_PUNCT = str.maketrans("", "", string.punctuation)
 
 def normalize_open(s: str | None) -> str:
     """Lowercase, every ASCII punctuation character DELETED (not spaced), surrounding whitespace stripped:
-    lmms-eval's exact_match(ignore_case, ignore_punctuation) used by its gqa task (decisions D27-MS)."""
+    lmms-eval's exact_match(ignore_case, ignore_punctuation) used by its gqa task (decisions D27)."""
     if s is None:
         return ""
     return str(s).lower().translate(_DELETE_PUNCT).strip()

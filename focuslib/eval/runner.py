@@ -151,7 +151,7 @@ def _newest_per_id(files: list[Path]) -> dict[str, dict]:
 
 def merge_shards(out_dir: str | Path, stem: str) -> Path:
     """Merge `<stem>.shard*of*.jsonl` and `<stem>.jsonl` into `<stem>.jsonl`: one record per id, the newest
-    (decisions.md D-RB1); the merged shard files are then deleted so that no stale shard can win later."""
+    (decisions.md D35); the merged shard files are then deleted so that no stale shard can win later."""
     out_dir = Path(out_dir)
     target = out_dir / f"{stem}.jsonl"
     shards = sorted(out_dir.glob(f"{stem}.shard*of*.jsonl"))

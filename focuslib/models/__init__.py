@@ -137,7 +137,7 @@ def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
     if "system" not in adapter_kwargs:
         if "system" in meta:
             adapter_kwargs["system"] = meta["system"]
-        elif meta.get("trained"):   # the shipped miniature was trained on the plain format (decisions.md D-RC2)
+        elif meta.get("trained"):   # the shipped miniature was trained on the plain format (decisions.md D32)
             adapter_kwargs["system"] = ""
     return adapter_cls(model, processor, name=name, **adapter_kwargs)
 

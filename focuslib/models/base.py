@@ -305,7 +305,7 @@ class MLLM(ABC):
     # Every generation states its settings: greedy argmax, the model's end-of-turn ids, a token cap,
     # nothing else. transformers' `generate` fills unset fields from the checkpoint's generation_config
     # (Qwen2.5-VL ships repetition_penalty 1.05, do_sample true, temperature / top_p / top_k), which
-    # would change greedy answers and the ICL targets (issue 13, decisions D24-PF); a plain loop over
+    # would change greedy answers and the ICL targets (issue 13, decisions D26); a plain loop over
     # the model's forward cannot inherit any of it.
 
     def stop_ids(self) -> set[int]:

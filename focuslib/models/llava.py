@@ -62,7 +62,7 @@ class LlavaAdapter(MLLM):
         self.image_token_id = model.config.image_token_id
 
     def prompt(self, text: str, n_images: int) -> str:
-        # LLaVA's vicuna_v1 conversation (lmms-eval / ZoomEye, decisions.md D-RC2) = the llava-hf chat template
+        # LLaVA's vicuna_v1 conversation (lmms-eval / ZoomEye, decisions.md D32) = the llava-hf chat template
         # ("USER: <image>\n{text} ASSISTANT:") with the system line in front
         system = self.system + " " if self.system else ""
         return system + "USER: " + "<image>\n" * n_images + text + " ASSISTANT:"

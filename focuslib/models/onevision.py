@@ -116,7 +116,7 @@ class OneVisionAdapter(MLLM):
 
     def prompt(self, text: str | Sequence[str], n_images: int) -> str:
         """LLaVA's qwen_1_5 conversation (lmms-eval / ZoomEye): system turn, images first, then "\n" + text,
-        ending where the answer starts (decisions.md D-RC2). text = [caption per image..., question]: each
+        ending where the answer starts (decisions.md D32). text = [caption per image..., question]: each
         image is followed by "\n" + its caption + "\n" (ZoomEye's multi-image prompt, decisions.md D10)."""
         system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
         if isinstance(text, str):

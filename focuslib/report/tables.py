@@ -150,7 +150,7 @@ def collect_results(results_dir: str | Path, source: str | None = None):
     rows = []
     for meta_path in sorted(Path(results_dir).rglob("*.meta.json")):
         jsonl = meta_path.with_name(meta_path.name[:-len(".meta.json")] + ".jsonl")
-        records = unique_records(read_records(jsonl))  # each id once, the last record (decisions D-RB1)
+        records = unique_records(read_records(jsonl))  # each id once, the last record (decisions D35)
         if not records:
             continue
         meta = json.loads(meta_path.read_text())

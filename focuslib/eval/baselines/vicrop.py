@@ -1,6 +1,6 @@
 """ViCrop ("MLLMs know where to look", Zhang et al., ICLR 2025), step for step as its official code does it
 (saccharomycetes/mllms_know: run.py `vicrop_qa`, llava_methods.py, utils.py; read, not copied -- docs/decisions.md
-D22 and D24-VC give file + line for every step). Our own code on our adapters.
+D22 and D24 give file + line for every step). Our own code on our adapters.
 
 Per question (LLaVA-1.5 numbers; other families use their encoder's base side and the same depth fraction):
 
