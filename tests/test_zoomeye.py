@@ -1,4 +1,4 @@
-"""ZoomEye against the official algorithm (om-ai-lab/ZoomEye, decisions.md D22-ZE): scripted confidences drive
+"""ZoomEye against the official algorithm (om-ai-lab/ZoomEye, decisions.md D25): scripted confidences drive
 our search, and the visit order, the chosen view and the forward passes are compared with values worked out by
 hand from the official code (ZoomEye/zoom_eye.py zoom_eye_search_type1 / post_order_search, tree.py,
 zoom_model.py). Each test also fails on the earlier re-implementation (fixed pop cap, w(d) = d/(depth+1),

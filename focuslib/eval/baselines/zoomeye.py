@@ -1,5 +1,5 @@
 """ZoomEye (Shen et al., EMNLP 2025) on our adapters, step for step as its official code runs
-(om-ai-lab/ZoomEye; the lines we follow are cited in docs/decisions.md D22-ZE). Our code and prompts.
+(om-ai-lab/ZoomEye; the lines we follow are cited in docs/decisions.md D25). Our code and prompts.
 
 Tree (ZoomEye/tree.py): the root is the whole image; a node is split into a 2x2 grid, or into 1x4 /
 4x1 strips when h/w >= 2 / <= 0.5 (integer strides, the last cell takes the remainder), until its
@@ -55,7 +55,7 @@ ZOOM_LATENT_PROMPT = (ZOOM_INTRO + "Given the enlarged region and where it lies 
                       "{target} turn up if you zoomed further into that region? Answer yes or no.")
 ZOOM_ANSWERING_PROMPT = (ZOOM_INTRO + "{question}\nDo these images hold enough detail to answer that question "
                          "with certainty? Answer yes or no.")
-OUTLINE = (255, 0, 0)   # official: always red (its 'blue' switch assigns a local name, D22-ZE)
+OUTLINE = (255, 0, 0)   # official: always red (its 'blue' switch assigns a local name, D25)
 
 FP_PURPOSES = ("zoomeye_existence", "zoomeye_latent", "zoomeye_answering", "zoomeye_filter")
 
