@@ -7,6 +7,7 @@ from PIL import Image
 from focuslib.core import compose as C
 from focuslib.core import rois as R
 from focuslib.core.config import preset, replace
+from focuslib.core.relevance import object_relevance
 from focuslib.models.base import yes_confidence
 from focuslib.core.search import Focus
 from focuslib.eval.benchmarks import get_spec
@@ -294,3 +295,33 @@ def test_k_small_budget(bench, ks):
     assert [preset("llava-1.5", group, n_steps=n).k for n in (1, 2, 3, 4, 8)] == ks
     assert preset("llava-1.5", "hrbench", n_steps=1, k=40).k == 40
     assert preset("llava-onevision", "hrbench", n_steps=1).k == 30
+
+
+def test_relevance_pass_keeps_only_the_map_layers_and_frees_them(tiny_llava, monkeypatch):
+    """Issue 18: the pass keeps only the values of the layers the map reads, and Focus drops them once the map is made."""
+    img = Image.new("RGB", (320, 240), (90, 120, 60))
+    f = Focus(tiny_llava, preset("llava-1.5", "vstar", n_steps=2))
+    layers = list(f.config.resolved_layers(tiny_llava.num_layers))
+    assert 0 < len(layers) < tiny_llava.num_layers           # otherwise the test proves nothing
+    asked, passes = [], []
+    real_rel = tiny_llava.relevance_pass
+
+    def rel(image, target, **kw):
+        asked.append(kw.get("layers"))
+        rp = real_rel(image, target, **kw)
+        passes.append(rp)
+        return rp
+    monkeypatch.setattr(tiny_llava, "relevance_pass", rel)
+    m, _, rp = f.relevance_map(img, "red car")
+    assert asked == [layers]
+    kept = [i for i, v in enumerate(passes[0].values) if v is not None]
+    assert kept == layers                                    # the pass stored nothing else
+    assert rp.values == [] and rp.keys_norope is None        # what Focus holds on to after the map
+    monkeypatch.setattr(tiny_llava, "relevance_pass", real_rel)
+    m_all, _, _ = f.relevance_map(img, "red car")            # same map as from a pass keeping every layer
+    full = real_rel(img, "red car")
+    ref = object_relevance(full.values, full.target_idx, full.layout.positions.flatten(), layers,
+                           f.config.clamp_negative, f.config.rollout_norm).view(full.layout.shape)
+    ref = ref * full.layout.valid
+    torch.testing.assert_close(m, ref / ref.sum(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(m, m_all)

@@ -15,6 +15,7 @@ extraction and the final answer are not search passes but are in `model_calls`.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from collections.abc import Callable
@@ -57,13 +58,17 @@ class Focus:
             h, w = layout.shape
             m = random_relevance(h * w, seed=cfg.seed).view(h, w)
         else:
-            rp = self.mllm.relevance_pass(image, target, keys=cfg.map_variant == "kk")
+            layers = cfg.resolved_layers(self.mllm.num_layers)
+            # only the layers the map reads are kept (issue 18: memory at 8K)
+            rp = self.mllm.relevance_pass(image, target, keys=cfg.map_variant == "kk", layers=list(layers))
             layout = rp.layout
             feats = rp.keys_norope if cfg.map_variant == "kk" else rp.values
-            layers = cfg.resolved_layers(self.mllm.num_layers)
             vis = layout.positions.flatten()
             m = object_relevance(feats, rp.target_idx, vis, layers, cfg.clamp_negative,
                                  cfg.rollout_norm).view(layout.shape).cpu()
+            # the map is made: free the per-layer features before verification allocates its batch
+            rp = dataclasses.replace(rp, values=[], keys_norope=None)
+            del feats
         m = m * layout.valid
         if cfg.gaussian_sigma or cfg.downsample > 1:
             m = smooth_and_downsample(m, cfg.gaussian_sigma, cfg.downsample)
