@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from focuslib.eval.baselines.zoomeye import (FP_PURPOSES, ZOOM_INTRO, Node, ZoomEye, expected_fp_full_tree, grow, split,
-                                        tree_depth, zoomeye_preset)
+from focuslib.eval.baselines.zoomeye import (FP_PURPOSES, ZOOM_CAPTIONS, Node, ZoomEye, expected_fp_full_tree, grow,
+                                             split, tree_depth, zoomeye_preset)
 from focuslib.cli import main
 from focuslib.eval.runner import evaluate, read_records
 from focuslib.offline.synthetic_benchmarks import write_synthetic
@@ -278,6 +278,7 @@ class FakeOV(FakeMLLM):
 
     def ask_views(self, images, text, purpose=None):
         self.calls[purpose] += 1
+        self.view_texts = getattr(self, "view_texts", []) + [text]
         glob, zoomed = images
         assert glob.size == (384, 384) and zoomed.getpixel((1, 1))[:3] == (255, 0, 0)   # outlined
         k, p = self.KINDS[purpose], position(zoomed, (zoomed.width // 2, zoomed.height // 2))
@@ -305,13 +306,14 @@ def test_ov_several_targets_root_answering_and_two_image_views():
     # 384 * 1.2. Filter passes (.1 < .6: 2 FPs). Per target (OV asks c_a at the root too): root c_a .9 ->
     # candidate, not at the bottom: 4 quadrants scored on two-image views (8), TL (highest) c_a .9 -> candidate
     # at D = 1 -> stop; deepest candidate TL. 2 + 2 x (1 + 8 + 1) = 22 FPs.
-    # Final: [global view, outlined grown TL (0,0,614,460) enlarged] with the two-image intro.
+    # Final: [global view, outlined grown TL (0,0,614,460) enlarged], a caption after each image, then the question.
     def script(kind, p, text):
         if kind == "f":
             return 0.1
         if len(p) == 4:                       # the root: whole image
             assert kind == "a" and p == (0, 0, W, H)
             return 0.9
+        text = text[-1]                       # two-image views: [caption, caption, question]
         if kind == "a":
             return 0.9 if contains(TL, p) else -0.9
         return 0.8 if contains(TL, p) else 0.0
@@ -319,7 +321,17 @@ def test_ov_several_targets_root_answering_and_two_image_views():
     assert tr.search_fp == 22 and m.calls["zoomeye_filter"] == 2 and m.calls["zoomeye_answering"] == 4
     assert [t["rois"][t["best"]]["box"] for t in tr.per_target] == [TL, TL]
     assert tr.final_mode == "multi-image" and len(m.final) == 2 and m.final[0].size == (384, 384)
-    assert m.final_text.startswith(ZOOM_INTRO) and tr.chosen_boxes == [(0, 0, 614, 460)]
+    assert tr.chosen_boxes == [(0, 0, 614, 460)]
+    # ZoomEye's "zoom" prompt structure (D25): image, caption, image, caption, question -- never one intro
+    # after both images (the old layout: a single string)
+    cap = list(ZOOM_CAPTIONS)
+    assert m.final_text == cap + ["What is the color of the car?"]
+    assert m.view_texts[0] == cap + ["Is there a car in the enlarged region?"]     # c_e of the 4 quadrants, then c_l
+    assert m.view_texts[4] == cap + ["Given the enlarged region and where it lies in the whole picture, could a car "
+                                     "turn up if you zoomed further into that region? Answer yes or no."]
+    assert cap + ["What does the car look like?\nDo these images hold enough detail to answer that question with "
+                  "certainty? Answer yes or no."] in m.view_texts
+    assert len(m.view_texts) == 2 * (8 + 1) and all(t[:2] == cap and len(t) == 3 for t in m.view_texts)
 
 
 def test_presets_follow_the_official_configs():
@@ -358,6 +370,43 @@ def test_tiny_onevision_two_image_views(tiny_ov):
     assert calls["zoomeye_existence"] == calls["zoomeye_latent"] == 4 and "zoomeye_filter" not in calls
     assert tr.search_fp == sum(calls[k] for k in FP_PURPOSES) == 8 + calls["zoomeye_answering"]
     assert isinstance(tr.answer, str) and calls["answer"] == 1
+
+
+def _two_image_prompts(m, monkeypatch, user_turn):
+    """Run ZoomEye (depth 1) on the real adapter `m` with scripted c_a (root -0.5, children 0.9, so the first child
+    popped is the answer's view) and return the prompt strings of its two-image forwards and of the final answer.
+    `user_turn(captions, question)` is the expected user turn, written out literally per family."""
+    texts = []
+    build = m.build_inputs
+
+    def record(images, prompts, offsets=False):
+        texts.extend(p for ims, p in zip(images, prompts) if len(ims) == 2)
+        return build(images, prompts, offsets=offsets)
+    monkeypatch.setattr(m, "build_inputs", record)
+    ze = ZoomEye(m, zoomeye_preset(m.family, depth=1))
+    monkeypatch.setattr(ze, "_answering", lambda image, node, q: 0.9 if node.depth else -0.5)
+    q = "What is the color of the car?"
+    tr = ze.answer(Image.new("RGB", (800, 600), (30, 90, 160)), q, targets=["car"])
+    assert tr.final_mode == "multi-image" and len(tr.final_images) == 2
+    c1, c2 = ZOOM_CAPTIONS
+    assert len(texts) == 4 * 2 + 1   # c_e and c_l of the 4 children, then the answer
+    assert user_turn(c1, c2, "Is there a car in the enlarged region?") in texts[0]
+    assert user_turn(c1, c2, "Given the enlarged region and where it lies in the whole picture, could a car turn up if "
+                     "you zoomed further into that region? Answer yes or no.") in texts[4]
+    assert user_turn(c1, c2, q) in texts[-1] and texts[-1].endswith("<|im_start|>assistant\n")
+    return texts
+
+
+def test_onevision_two_image_prompts_caption_each_image(tiny_ov, monkeypatch):
+    # official "zoom" pre_information: <image>\n caption \n <image>\n caption \n question (the old layout,
+    # "<image><image>\n" + one intro + question, fails)
+    _two_image_prompts(tiny_ov, monkeypatch, lambda c1, c2, q: f"<|im_start|>user\n<image>\n{c1}\n<image>\n{c2}\n{q}"
+                                                               "<|im_end|>\n")
+
+
+def test_qwen_two_image_prompts_caption_each_image(tiny_qwen, monkeypatch):
+    v = "<|vision_start|><|image_pad|><|vision_end|>"
+    _two_image_prompts(tiny_qwen, monkeypatch, lambda c1, c2, q: f"<|im_start|>user\n{v}{c1}\n{v}{c2}\n{q}<|im_end|>\n")
 
 
 def test_runner_and_cli_put_zoomeye_vicrop_and_focus_in_one_table(tiny_llava, tiny_llava_path, tmp_path, capsys):

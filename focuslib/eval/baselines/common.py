@@ -28,9 +28,10 @@ def confidences(mllm, images: list[Image.Image], text: str, purpose: str) -> lis
     return [float(c) for c in yes_confidence(yes_no_logits(mllm, images, text, purpose)).tolist()]
 
 
-def view_confidence(mllm, images: list[Image.Image], text: str, purpose: str) -> float:
+def view_confidence(mllm, images: list[Image.Image], text: str | list[str], purpose: str) -> float:
     """c of the yes/no question `text` about several images in ONE prompt (ZoomEye's two-image views of
-    multi-image models): one forward pass, counted as one."""
+    multi-image models): one forward pass, counted as one. `text` may be [caption per image..., question]
+    (the adapters' `prompt` puts each caption after its image)."""
     return float(yes_confidence(mllm.ask_views(images, text, purpose=purpose))[0])
 
 

@@ -13,8 +13,8 @@ c = 2 * (softmax([l_yes, l_no])_yes - 0.5), of a view of one node:
 
 View of a node: single-image models (LLaVA-1.5) see the node's patch (the box grown to at least
 `min_patch` per side around its centre, clipped to the image); multi-image models (OneVision, Qwen) see
-two images: the global view with the patch outlined in red, and the outlined patch enlarged. The root
-is the whole image.
+two images: the global view with the patch outlined in red, and the outlined patch enlarged, each followed
+by its caption (`ZOOM_CAPTIONS`), then the question. The root is the whole image.
 
 Type-1 (per target, best-first over a list re-sorted by priority after every pop): pop the head; unless
 it is the root of a several-target search on a single-image model, c_a; stop when c_a >= the answering
@@ -48,13 +48,15 @@ LATENT_PROMPT = "If you zoomed further into this picture, could a {target} turn 
 ANSWERING_PROMPT = ("{question}\nDoes this picture, as shown, hold enough detail to answer that question with "
                     "certainty? Answer yes or no.")
 DECOMPOSED_QUESTION = "What does the {target} look like?"   # c_a's question for one of several targets
-ZOOM_INTRO = ("The first image is the whole picture with a region outlined in red; the second image shows "
-              "that region enlarged.\n")
-ZOOM_EXISTENCE_PROMPT = ZOOM_INTRO + "Is there a {target} in the enlarged region?"
-ZOOM_LATENT_PROMPT = (ZOOM_INTRO + "Given the enlarged region and where it lies in the whole picture, could a "
-                      "{target} turn up if you zoomed further into that region? Answer yes or no.")
-ZOOM_ANSWERING_PROMPT = (ZOOM_INTRO + "{question}\nDo these images hold enough detail to answer that question "
-                         "with certainty? Answer yes or no.")
+# two-image views (multi-image models): a caption after EACH image, then the question -- the structure of the
+# official "zoom" pre_information (image, caption, image, caption, question; D25); adapters' prompt(list, 2)
+ZOOM_CAPTIONS = ("Here is the whole picture; the part outlined in red is the region under inspection.",
+                 "Here is that outlined region, enlarged.")
+ZOOM_EXISTENCE_PROMPT = "Is there a {target} in the enlarged region?"
+ZOOM_LATENT_PROMPT = ("Given the enlarged region and where it lies in the whole picture, could a {target} turn up "
+                      "if you zoomed further into that region? Answer yes or no.")
+ZOOM_ANSWERING_PROMPT = ("{question}\nDo these images hold enough detail to answer that question with certainty? "
+                         "Answer yes or no.")
 OUTLINE = (255, 0, 0)   # official: always red (its 'blue' switch assigns a local name, D25)
 
 FP_PURPOSES = ("zoomeye_existence", "zoomeye_latent", "zoomeye_answering", "zoomeye_filter")
@@ -282,13 +284,14 @@ class ZoomEye:
         return self.zoom_pair(image, [patch]) if self.multi else [crop(image, patch)]
 
     def score(self, image: Image.Image, nodes: list[Node], kind: str, text: dict[str, str]) -> list[float]:
-        """One confidence per node (one forward each); `text` holds the single- and two-image prompts.
-        Single views go in one batch (still one FP per image), two-image views one call each."""
+        """One confidence per node (one forward each); `text` holds the single- and two-image questions.
+        Single views go in one batch (still one FP per image), two-image views one call each, captioned."""
         purpose = f"zoomeye_{kind}"
         views = [self.view(image, n) for n in nodes]
         if all(len(v) == 1 for v in views):
             return confidences(self.mllm, [v[0] for v in views], text["one"], purpose)
-        return [view_confidence(self.mllm, v, text["one" if len(v) == 1 else "two"], purpose) for v in views]
+        return [view_confidence(self.mllm, v, text["one"] if len(v) == 1 else zoom_text(text["two"]), purpose)
+                for v in views]
 
     def _prioritise(self, image, nodes: list[Node], todo: list[int], target: str, max_depth: int) -> None:
         """c_e then c_l of each queued node not scored yet, and its priority."""
@@ -464,7 +467,7 @@ class ZoomEye:
             mode, images, final_boxes = self.compose(image, found)
             prompt = answer_prompt or question
             with clock("answer"):
-                ans = m.generate(images, ZOOM_INTRO + prompt if len(images) == 2 else prompt,
+                ans = m.generate(images, zoom_text(prompt) if len(images) == 2 else prompt,
                                  max_new_tokens=cfg.max_new_tokens)
         fp = _fp(m.calls) - fp_before
         return BaselineTrace(method=self.method, question=question, targets=spec.targets, qtype=spec.qtype,
@@ -473,6 +476,11 @@ class ZoomEye:
                              final_size=images[-1].size, answer=ans, search_fp=fp,
                              model_calls=calls_since(m, before), timings=dict(clock.t), notes=notes,
                              extra=extra, final_images=images)
+
+
+def zoom_text(question: str) -> list[str]:
+    """The text of a two-image prompt: [caption of the global view, caption of the zoomed view, question]."""
+    return [*ZOOM_CAPTIONS, question]
 
 
 def _take_best(nodes: list[Node], popped: list[int], cands: list[int], threshold: float) -> None:
@@ -504,4 +512,4 @@ def expected_fp_full_tree(depth: int, children: int) -> int:
 
 __all__ = ["ZoomEye", "ZoomEyeConfig", "ZOOMEYE_PRESETS", "zoomeye_preset", "split", "grid", "grow", "merge_near",
            "tree_depth", "expected_fp_full_tree", "LATENT_PROMPT", "ANSWERING_PROMPT", "DECOMPOSED_QUESTION",
-           "ZOOM_INTRO", "FP_PURPOSES"]
+           "ZOOM_CAPTIONS", "zoom_text", "FP_PURPOSES"]
