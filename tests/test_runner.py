@@ -158,7 +158,8 @@ def test_judge_prompt_and_parsing_with_a_scripted_judge(tiny_llava, vstar_dir, t
     assert [r["judge"]["needs_review"] for r in res["records"]] == [False, False, True]
 
 
-def test_judge_runs_a_tiny_random_qwen2(tmp_path):
+def _tiny_judge(path, **generation):
+    """A tiny random Qwen2 chat LM saved at `path`; `generation` goes into its generation_config.json."""
     import torch
     import transformers as T
     from focuslib.offline.tiny import build_tokenizer
@@ -169,12 +170,52 @@ def test_judge_runs_a_tiny_random_qwen2(tmp_path):
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     torch.manual_seed(0)
-    T.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    model = T.Qwen2ForCausalLM(cfg)
+    for k, v in generation.items():
+        setattr(model.generation_config, k, v)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return tok
+
+
+def test_judge_runs_a_tiny_random_qwen2(tmp_path):
+    _tiny_judge(tmp_path)
     judge = LLMJudge.from_pretrained(str(tmp_path), device="cpu", dtype="float32", max_new_tokens=4)
     v = judge("What is the color of the dog?", "The color of the dog is white.", "white")
     assert set(v) == {"correct", "verdict", "raw", "needs_review"} and isinstance(v["raw"], str)
     assert v["correct"] is bool(v["verdict"]) and judge.calls == 1
+
+
+def test_judge_ignores_the_checkpoints_sampling_settings(tmp_path):
+    # Qwen2.5-7B-Instruct ships repetition_penalty 1.05 and sampling defaults (D26); planted here, stronger, so
+    # they change this tiny model's text. The judge must equal a literal greedy loop (full recompute, argmax,
+    # stop at eos); the old `model.generate(do_sample=False)` inherited the penalties and does not.
+    import torch
+    import transformers as T
+    tok = _tiny_judge(tmp_path, repetition_penalty=3.0, no_repeat_ngram_size=2, do_sample=True, temperature=0.1,
+                      top_k=1)
+    model = T.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert model.generation_config.repetition_penalty == 3.0           # the checkpoint really carries it
+    judge = LLMJudge.from_pretrained(str(tmp_path), device="cpu", dtype="float32", max_new_tokens=12)
+    q, ref_answer, resp = "What is the color of the dog?", "The color of the dog is white.", "white"
+    text = tok.apply_chat_template([{"role": "user", "content": judge.prompt(q, ref_answer, resp)}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    stop, new = {tok.eos_token_id, model.generation_config.eos_token_id}, []
+    with torch.no_grad():
+        seq = ids
+        for _ in range(12):
+            t = int(model(input_ids=seq, use_cache=False).logits[0, -1].argmax())
+            if t in stop:
+                break
+            new.append(t)
+            seq = torch.cat([seq, torch.tensor([[t]])], 1)
+        hf = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                            pad_token_id=tok.pad_token_id)
+    ref = tok.decode(new, skip_special_tokens=True).strip()
+    old = tok.decode(hf[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert old != ref, "the planted settings should matter on this model (else the test proves nothing)"
+    assert judge(q, ref_answer, resp)["raw"] == ref
 
 
 def test_focus_eval_cli_prints_a_per_category_table(tiny_llava_path, tmp_path, capsys):

@@ -9,7 +9,9 @@ logits matching (C.5, the V* / ZoomEye protocol on V*Bench): each option is a fu
 open-ended VQA judged by an LLM (C.2): the model answers the bare question without options; a judge
   LLM (Qwen/Qwen2.5-7B-Instruct in the paper) compares the answer with the correct option sentence.
   `LLMJudge(generate)` holds the prompt and the parsing; `LLMJudge.from_pretrained(name)` builds
-  `generate` from any transformers causal LM with a chat template.
+  `generate` from any transformers causal LM with a chat template, decoded by the adapters' own greedy
+  loop (`MLLM._greedy`): the checkpoint's generation_config (Qwen2.5-7B-Instruct ships repetition_penalty
+  1.05 and sampling defaults) never applies (decisions.md D26).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 
 from focuslib.models import default_device, resolve_dtype
+from focuslib.models.base import MLLM
 
 
 @torch.no_grad()
@@ -76,6 +79,22 @@ def parse_verdict(text: str) -> bool | None:
     return None
 
 
+class _TextLM:
+    """A text-only causal LM decoded by the adapters' greedy loop (argmax, end-of-turn ids, a token cap, nothing
+    from the checkpoint's sampling settings; D26): the same `_greedy` / `stop_ids`, not a second loop."""
+    _greedy = MLLM._greedy
+    stop_ids = MLLM.stop_ids
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def continue_text(self, text: str, max_new_tokens: int) -> str:
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"].to(self.model.device)
+        new = self._greedy({"input_ids": ids}, max_new_tokens, text_only=True)
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 class LLMJudge:
     """LLM-as-a-judge (C.2). `generate(prompt) -> str` is any text generator (a chat LLM, a script)."""
 
@@ -99,7 +118,8 @@ class LLMJudge:
     @classmethod
     def from_pretrained(cls, name: str = JUDGE_MODEL, device: str | None = None, dtype="auto",
                         max_new_tokens: int = 8) -> "LLMJudge":
-        """A transformers causal LM (default Qwen2.5-7B-Instruct, a GPU node) with greedy decoding."""
+        """A transformers causal LM (default Qwen2.5-7B-Instruct, a GPU node) with our greedy decoding: the
+        checkpoint's generation_config (repetition penalty, sampling) is ignored, only its eos ids are read."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = device or default_device()
@@ -110,17 +130,15 @@ class LLMJudge:
             raise RuntimeError(f"cannot load the judge {name!r}: {e}. Download it on a connected machine "
                                f"(`hf download {name} --local-dir DIR`) and pass its local path.") from e
 
-        @torch.no_grad()
+        lm = _TextLM(model, tok)
+
         def generate(prompt: str) -> str:
             if tok.chat_template:
                 text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                add_generation_prompt=True)
             else:
                 text = prompt + "\n"
-            enc = tok(text, return_tensors="pt").to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-            return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            return lm.continue_text(text, max_new_tokens)
         return cls(generate, name=name)
 
 
