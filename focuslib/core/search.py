@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -27,9 +26,9 @@ from focuslib.core import compose as C
 from focuslib.core import rois as R
 from focuslib.core.config import FocusConfig
 from focuslib.core.relevance import object_relevance, random_relevance, smooth_and_downsample
-from focuslib.core.trace import Clock, RoiTrace, TargetTrace, Trace
+from focuslib.core.trace import begin_answer, RoiTrace, TargetTrace, Trace
 from focuslib.core.targets import extract_targets, TargetSpec
-from focuslib.images import crop, FocusInputError, load_image
+from focuslib.images import crop, load_image
 from focuslib.models.base import calls_since, MLLM, RelevancePass, TokenLayout, yes_confidence
 
 
@@ -183,12 +182,8 @@ class Focus:
         targets: skip extraction and use these (a leading "all " marks type-2).
         answer_prompt: text for the final answer if it differs from `question` (default: question).
         """
-        if not isinstance(question, str) or not question.strip():
-            raise FocusInputError("the question is empty")
-        image = load_image(image)
         cfg, m = self.config, self.mllm
-        before = Counter(m.calls)
-        clock = Clock(m.device)
+        image, before, clock = begin_answer(m, image, question)
         notes: list[str] = []
         with clock("total"):
             with clock("targets"):

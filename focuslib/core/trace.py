@@ -7,6 +7,7 @@
   BaselineTrace  a baseline's Trace (ZoomEye, ViCrop): per_target is a list of JSON-ready dicts, plus `method`
                  and method-specific `extra`
   Clock          named wall-time spans with device synchronisation at both ends (A.2's timings)
+  begin_answer   what every solver's answer() does first: check the question, load the image, start counting
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from PIL import Image
 
+from focuslib.images import FocusInputError, load_image
 from focuslib.models.base import TokenLayout
 
 
@@ -130,3 +132,11 @@ class Clock:
             synchronize(self.device)
             self.s = time.perf_counter() - t0
             self.t[name] += self.s
+
+
+def begin_answer(mllm, image, question) -> tuple[Image.Image, Counter, Clock]:
+    """The start every solver's `answer()` shares: a clear error for an empty question (D14), the image
+    loaded (path or PIL), a snapshot of the model's call counter (for `calls_since`) and a Clock."""
+    if not isinstance(question, str) or not question.strip():
+        raise FocusInputError("the question is empty")
+    return load_image(image), Counter(mllm.calls), Clock(getattr(mllm, "device", "cpu"))

@@ -23,7 +23,6 @@ solver on every registered model family.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,9 +30,8 @@ from PIL import Image
 
 from focuslib.core.config import FocusConfig
 from focuslib.core.search import Focus
-from focuslib.core.trace import Clock, Trace
+from focuslib.core.trace import begin_answer, Trace
 from focuslib.eval.baselines import BASELINE_METHODS, make_baseline
-from focuslib.images import FocusInputError, load_image
 from focuslib.models.base import calls_since, MLLM
 
 
@@ -59,11 +57,8 @@ class Vanilla:
 
     def answer(self, image, question: str, targets: list[str] | None = None,
                answer_prompt: str | None = None) -> Trace:
-        if not isinstance(question, str) or not question.strip():
-            raise FocusInputError("the question is empty")
-        image = load_image(image)
         m = self.mllm
-        before, clock = Counter(m.calls), Clock(m.device)
+        image, before, clock = begin_answer(m, image, question)
         with clock("answer"):
             ans = m.generate([image], answer_prompt or question, max_new_tokens=self.config.max_new_tokens)
         clock.t["total"] = clock.t["answer"]

@@ -31,7 +31,6 @@ loaded with sdpa / flash attention (`AttentionImplementationError`) -- the incom
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,9 +38,9 @@ import torch
 from PIL import Image
 
 from focuslib.core.targets import strip_options
-from focuslib.core.trace import BaselineTrace, Clock
+from focuslib.core.trace import BaselineTrace, begin_answer
 from focuslib.eval.baselines.common import build_preset
-from focuslib.images import crop, FocusInputError, load_image
+from focuslib.images import crop
 from focuslib.models.base import calls_since, TokenLayout
 
 
@@ -282,12 +281,8 @@ class ViCrop:
     # ---- all together ------------------------------------------------------------------------
     def answer(self, image, question: str, targets: list[str] | None = None,
                answer_prompt: str | None = None) -> BaselineTrace:
-        if not isinstance(question, str) or not question.strip():
-            raise FocusInputError("the question is empty")
-        image = load_image(image)
         m, cfg = self.mllm, self.config
-        before = Counter(m.calls)
-        clock = Clock(getattr(m, "device", "cpu"))
+        image, before, clock = begin_answer(m, image, question)
         bare = strip_options(question) or question  # the original's short_question (V*: the first line)
         text = answer_prompt or question
         extra = {"config": asdict(cfg)}

@@ -31,15 +31,14 @@ extraction and the final answer are not search passes (D12).
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from PIL import Image, ImageDraw
 
 from focuslib.core.targets import extract_targets, strip_options
-from focuslib.core.trace import BaselineTrace, Clock
+from focuslib.core.trace import BaselineTrace, begin_answer
 from focuslib.eval.baselines.common import build_preset, confidences, view_confidence
-from focuslib.images import crop, FocusInputError, load_image, pad_to_square
+from focuslib.images import crop, pad_to_square
 from focuslib.models.base import calls_since, EXISTENCE_PROMPT
 
 
@@ -415,12 +414,8 @@ class ZoomEye:
     # ---- all together --------------------------------------------------------------------
     def answer(self, image, question: str, targets: list[str] | None = None,
                answer_prompt: str | None = None) -> BaselineTrace:
-        if not isinstance(question, str) or not question.strip():
-            raise FocusInputError("the question is empty")
-        image = load_image(image)
         m, cfg = self.mllm, self.config
-        before = Counter(m.calls)
-        clock = Clock(getattr(m, "device", "cpu"))
+        image, before, clock = begin_answer(m, image, question)
         notes: list[str] = []
         per_target, found = [], []
         extra: dict = {"config": asdict(cfg)}
