@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from focuslib.models import onevision, qwen
-from focuslib.offline.tiny import OV_GRID_PINPOINTS
+from focuslib.offline.tiny import keep_vision_local, OV_GRID_PINPOINTS
 
 
 MINI_REAL_NOTE = ("mini-real {family} checkpoint with RANDOM weights (built offline by focuslib.offline.mini_real): the hub "
@@ -259,11 +259,7 @@ def build_mini_onevision(path: str | Path, seed: int = 0, text_layers: int = 4, 
                                     vision_aspect_ratio="anyres_max_9", projector_hidden_act="gelu",
                                     tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = T.LlavaOnevisionForConditionalGeneration(config).eval()
-    with torch.no_grad():   # no attention mixing between patches: features stay local
-        for layer in model.model.vision_tower.encoder.layers:
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
+    model = keep_vision_local(T.LlavaOnevisionForConditionalGeneration(config).eval())
     return _finish(path, model, processor, "llava-onevision", OV_CHAT_TEMPLATE, seed)
 
 

@@ -133,6 +133,16 @@ def _chatml_corpus(image: str) -> list[str]:
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"] * 20
 
 
+def keep_vision_local(model):
+    """Zero the vision tower's attention output so patches never mix: each visual token's feature depends
+    on its own pixels only, which is what the painting tests of the layout rely on. Returns `model`."""
+    with torch.no_grad():
+        for layer in model.model.vision_tower.encoder.layers:
+            layer.self_attn.out_proj.weight.zero_()
+            layer.self_attn.out_proj.bias.zero_()
+    return model
+
+
 def _save_tiny(path: Path, model, processor, note: str, seed: int, extra: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -185,11 +195,7 @@ def build_tiny_onevision(path: str | Path, seed: int = 0, text_layers: int = 4, 
                                     image_grid_pinpoints=OV_GRID_PINPOINTS, vision_aspect_ratio="anyres_max_9",
                                     projector_hidden_act="gelu")
     torch.manual_seed(seed)
-    model = T.LlavaOnevisionForConditionalGeneration(config).eval()
-    with torch.no_grad():   # no attention mixing between patches: features stay local
-        for layer in model.model.vision_tower.encoder.layers:
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
+    model = keep_vision_local(T.LlavaOnevisionForConditionalGeneration(config).eval())
     return _save_tiny(path, model, processor, TINY_OV_NOTE, seed, {"family": "llava-onevision"})
 
 
