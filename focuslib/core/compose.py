@@ -83,20 +83,7 @@ def merge_overlapping(boxes: Sequence[Sequence[int]]) -> list[PixelBox]:
     Returns:
         Disjoint boxes sorted by (y0, x0) (then y1, x1 for determinism).
     """
-    out: list[PixelBox] = [tuple(int(v) for v in b) for b in boxes]  # type: ignore[misc]
-    changed = True
-    while changed:
-        changed = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
-                if intersection_area(out[i], out[j]) > 0:
-                    out[i] = union_box([out[i], out[j]])
-                    del out[j]
-                    changed = True
-                    break
-            if changed:
-                break
-    return sorted(out, key=lambda b: (b[1], b[0], b[3], b[2]))
+    return merge_near(boxes, 0)
 
 
 # --------------------------------------------------------------------------- #
