@@ -336,10 +336,10 @@ def runner(mllm, method: Method, disc_box):
     from focuslib.eval.baselines.zoomeye import ZoomEye, zoomeye_preset
     from focuslib.core.config import preset
     from focuslib.core.search import Focus
+    from focuslib.eval.solver import Vanilla, VanillaConfig
 
     if method.kind == "vanilla":
-        f = Focus(mllm, preset(mllm.family, "vstar"))
-        return lambda im, q: _Vanilla(f.vanilla(im, q))
+        return Vanilla(mllm, VanillaConfig(max_new_tokens=preset(mllm.family, "vstar").max_new_tokens)).answer
     if method.kind == "focus":
         opts = dict(method.options)
         cache = opts.pop("icl_cache", True)
@@ -358,14 +358,6 @@ def runner(mllm, method: Method, disc_box):
     if method.kind == "zoomeye":
         return ZoomEye(mllm, zoomeye_preset(mllm.family, **method.options)).answer
     return ViCrop(mllm, vicrop_preset(mllm.family, **method.options)).answer
-
-
-@dataclass
-class _Vanilla:
-    answer: str
-    search_fp: int = 0
-    timings: dict | None = None
-    model_calls: dict | None = None
 
 
 def measure(mllm, method: Method, image, disc_box, device: str, flops: bool = True, reps: int = 1) -> dict:
@@ -519,7 +511,7 @@ def table(rows: list[dict]) -> str:
         out.append("| " + " | ".join([
             r["model"], r["image"], r["method"], _f(r["time_s"]), _f(ratio("time_s"), "{:.1f}x"),
             _f(s.get("targets")), _f(s.get("relevance", s.get("maps"))),
-            _f(s.get("verify", s.get("search"))), _f(s.get("answer", r["time_s"] if r["kind"] == "vanilla" else None)),
+            _f(s.get("verify", s.get("search"))), _f(s.get("answer")),
             str(r["search_fp"]), str(r["model_calls"]), str(r["lm_forwards"]), str(r["tokens"]),
             _f(ratio("tokens"), "{:.1f}x"), _f(None if r["flops"] is None else r["flops"] / 1e12, "{:.3f}"),
             _f(ratio("flops"), "{:.1f}x"), _f(r["mem_total_gb"]), _f(r["mem_extra_gb"], "{:.3f}"),
