@@ -207,7 +207,6 @@ def exit_with_parent(poll_s: float = 0.5) -> None:
     of its process group): a daemon thread watches the parent pid. Without it orphaned workers go on
     appending and a relaunch writes the same shard twice."""
     import threading
-    import time
     parent = os.getppid()
 
     def watch():
@@ -373,7 +372,7 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
     main_path = out_dir / f"{stem}.jsonl"
     path = main_path if world == 1 else out_dir / f"{stem}.shard{rank}of{world}.jsonl"
     meta_path = out_dir / f"{stem}.meta.json"
-    meta = {k: v for k, v in dataclasses.asdict(settings).items()}
+    meta = dataclasses.asdict(settings)
     meta["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_dict.items()
                       if not (isinstance(v, float) and v != v)}
     if data_tag:
@@ -411,7 +410,8 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress,
                    desc=f"{spec.name} {method}" + (f" n={n_steps}" if method == "focus" else ""), dynamic_ncols=True)
         shared: dict[str, tuple[str, object]] = {}  # permutation group -> (anchor id, trace)
-        correct = sum(bool(r.get("correct")) for r in done.values() if r["id"] in {s.id for s in mine})
+        mine_ids = {s.id for s in mine}
+        correct = sum(bool(r.get("correct")) for r in done.values() if r["id"] in mine_ids)
         _start_on_new_line(path)
         with open(path, "a") as fh:
             for s in todo:
@@ -431,7 +431,7 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
         barrier()
         if rank == 0:
             path = merge_shards(out_dir, stem)
-    ids = {s.id for s in samples} if rank == 0 else {s.id for s in mine}
+    ids = {s.id for s in samples} if rank == 0 else mine_ids
     records = unique_records([r for r in read_records(path) if r["id"] in ids])
     summary = M.aggregate(records, spec.aggregate)
     rec_pct = M.recall(records) if any(r.get("gt_boxes") for r in records) else None
