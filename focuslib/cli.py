@@ -14,8 +14,9 @@ from focuslib.core.config import preset
 from focuslib.core.rois import box_iou
 from focuslib.core.search import Focus
 from focuslib.doctor import add_arguments as doctor_arguments, cmd_doctor
+from focuslib.eval.baselines import BASELINE_METHODS
 from focuslib.eval.benchmarks import BenchmarkError, BENCHMARKS, get_spec
-from focuslib.eval.runner import barrier, check_writable, evaluate, exit_with_parent, shard_info
+from focuslib.eval.runner import barrier, check_writable, evaluate, exit_with_parent, METHODS, SCHEMES, shard_info
 from focuslib.eval.schemes import LLMJudge
 from focuslib.images import FocusInputError, load_image
 from focuslib.models import load_mllm
@@ -275,7 +276,7 @@ def cmd_eval(a) -> int:
              map_variant=a.map, ranking=not a.no_ranking, layers=a.layers, overrun=a.overrun,
              gt_targets=a.gt_targets, reuse_permutations=a.reuse_permutations, flops=a.flops, judge=judge,
              retry_errors=a.retry_errors, progress=not a.no_progress and rank == 0, data_tag=data_tag,
-             baseline_options=baseline_options if a.method not in ("vanilla", "focus") else None)
+             baseline_options=baseline_options if a.method in BASELINE_METHODS else None)
     return 0
 
 
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU, accelerate launch --multi_gpu on GPUs).")
     ev.add_argument("--model", required=True, help="alias, hub id or local checkpoint directory (see below)")
     ev.add_argument("--benchmark", required=True, help="vstar, hrbench_4k, hrbench_8k, mme_rw_lite, aokvqa, gqa")
-    ev.add_argument("--method", default="focus", choices=["vanilla", "focus", "zoomeye", "vicrop-rel", "vicrop-grad"],
+    ev.add_argument("--method", default="focus", choices=list(METHODS),
                     help="the method to evaluate")
     ev.add_argument("--depth", type=int, default=None, help="zoomeye: max tree depth (A.4: 1, 2, 5; None: 5)")
     ev.add_argument("--children", type=int, default=None, choices=[2, 4],
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--synthetic-n", type=positive_int, default=None,
                     help="items of --data synthetic (None: enough for --limit, at least 8)")
     ev.add_argument("--synthetic-size", type=positive_int, default=320, help="width of synthetic images [px], >= 160")
-    ev.add_argument("--scheme", default="generate", choices=["generate", "logits", "open"],
+    ev.add_argument("--scheme", default="generate", choices=list(SCHEMES),
                     help="open-ended with options (paper), logits matching (C.5), open-ended + judge (C.2)")
     ev.add_argument("--judge", default=None, help="judge LLM for --scheme open, e.g. Qwen/Qwen2.5-7B-Instruct")
     ev.add_argument("--map", default=None, choices=["vv", "kk", "random"],
