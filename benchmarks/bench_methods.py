@@ -61,6 +61,16 @@ ANSWER_AREA = 0.01            # c_a says Yes once the disc covers >= 1% of the e
 
 
 # ---- models -------------------------------------------------------------------------------------------------
+# the Qwen2-family special tokens by role, as the mini-real and tiny builders name them
+_NAMED_TOKENS = {
+    "llava-onevision": {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "image_token": "<image>",
+                        "video_token": "<video>"},
+    "qwen2.5-vl": {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "image_token": "<|image_pad|>",
+                   "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+                   "vision_end_token": "<|vision_end|>"},
+}
+
+
 def _tokenizer(family: str, tmp: Path):
     """The real tokenizer (focuslib.offline.mini_real) or, without its assets, the tiny byte-level BPE."""
     try:
@@ -68,12 +78,7 @@ def _tokenizer(family: str, tmp: Path):
         if family == "llava-1.5":
             return MR.build_llama_tokenizer(tmp / "tok"), "real"
         specials = MR.OV_SPECIALS if family == "llava-onevision" else MR.QWEN_SPECIALS
-        named = ({"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "image_token": "<image>",
-                  "video_token": "<video>"} if family == "llava-onevision" else
-                 {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "image_token": "<|image_pad|>",
-                  "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
-                  "vision_end_token": "<|vision_end|>"})
-        return MR.build_qwen_tokenizer(specials, named), "real"
+        return MR.build_qwen_tokenizer(specials, dict(_NAMED_TOKENS[family])), "real"
     except Exception:   # noqa: BLE001 -- assets missing: fall back, and say so in the table
         from focuslib.offline import tiny as T
         if family == "llava-1.5":
@@ -81,14 +86,10 @@ def _tokenizer(family: str, tmp: Path):
         if family == "llava-onevision":
             return T._build_family_tokenizer(
                 ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
-                {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "image_token": "<image>",
-                 "video_token": "<video>"}, T._chatml_corpus("<image>")), "tiny BPE"
-        named = {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "image_token": "<|image_pad|>",
-                 "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
-                 "vision_end_token": "<|vision_end|>"}
-        return T._build_family_tokenizer(
+                dict(_NAMED_TOKENS[family]), T._chatml_corpus("<image>")), "tiny BPE"
+        return T._build_family_tokenizer(   # pops the standard roles out of `named`: give it a copy
             ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-             "<|image_pad|>", "<|video_pad|>"], named,
+             "<|image_pad|>", "<|video_pad|>"], dict(_NAMED_TOKENS[family]),
             T._chatml_corpus("<|vision_start|><|image_pad|><|vision_end|>")), "tiny BPE"
 
 
@@ -199,7 +200,6 @@ def scripted_yes(im: Image.Image, question: str, base_side: int) -> bool:
 
 def script_yes_no(mllm, base_side: int):
     """Make every yes/no forward run for real, then answer by the planted target (`scripted_yes`)."""
-    from focuslib.models.base import yes_confidence  # noqa: F401  (same logits convention)
     real = mllm.ask_yes_no
     logit = lambda yes: [4.0, -4.0] if yes else [-4.0, 4.0]   # noqa: E731
 
