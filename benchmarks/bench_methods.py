@@ -30,6 +30,7 @@ also as a ratio to vanilla measured in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 import sys
@@ -479,8 +480,9 @@ def map_share_full_depth(family: str, image_size: tuple[int, int], device: str =
                 prefill_flops=prefill)
 
 
+@functools.lru_cache(maxsize=None)
 def _layout_only(family: str):
-    """An adapter for token counts only (tiny weights, the real processor settings)."""
+    """An adapter for token counts only (tiny weights, the real processor settings); built once per family."""
     import tempfile
 
     from focuslib.offline import tiny
