@@ -100,6 +100,7 @@ def build_real(family: str, layers: int | None = None, vision_layers: int | None
     import transformers as T
 
     from focuslib.models import LlavaAdapter, OneVisionAdapter, QwenVLAdapter
+    from focuslib.offline.mini_real import CLIP_MEAN, CLIP_STD
     from focuslib.offline.tiny import OV_GRID_PINPOINTS
 
     a = REAL_ARCH[family]
@@ -114,8 +115,8 @@ def build_real(family: str, layers: int | None = None, vision_layers: int | None
     torch.manual_seed(0)
     if family == "llava-1.5":
         ip = T.CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                  do_center_crop=True, resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073],
-                                  image_std=[0.26862954, 0.26130258, 0.27577711])
+                                  do_center_crop=True, resample=3, image_mean=CLIP_MEAN,
+                                  image_std=CLIP_STD)
         proc = T.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14,
                                 vision_feature_select_strategy="default", num_additional_image_tokens=1)
         vis = T.CLIPVisionConfig(hidden_size=v["hidden"], intermediate_size=v["inter"], num_hidden_layers=v["layers"],
@@ -142,8 +143,8 @@ def build_real(family: str, layers: int | None = None, vision_layers: int | None
     else:
         from focuslib.models.qwen import processor_class
         ip = T.Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2,
-                                     merge_size=2, resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073],
-                                     image_std=[0.26862954, 0.26130258, 0.27577711])
+                                     merge_size=2, resample=3, image_mean=CLIP_MEAN,
+                                     image_std=CLIP_STD)
         proc = processor_class()(image_processor=ip, tokenizer=tok)
         cfg = T.Qwen2_5_VLConfig(
             vision_config=dict(depth=v["layers"], hidden_size=v["hidden"], intermediate_size=v["inter"],
