@@ -8,8 +8,6 @@ as FOCUS's verified crops in D12). Test fakes implement the same adapter methods
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from PIL import Image
 
@@ -33,12 +31,6 @@ def view_confidence(mllm, images: list[Image.Image], text: str | list[str], purp
     multi-image models): one forward pass, counted as one. `text` may be [caption per image..., question]
     (the adapters' `prompt` puts each caption after its image)."""
     return float(yes_confidence(mllm.ask_views(images, text, purpose=purpose))[0])
-
-
-@dataclass(frozen=True)
-class AnswerConfig:
-    """The part of a config the runner reads (`config.max_new_tokens`)."""
-    max_new_tokens: int = 16
 
 
 def build_preset(cls, presets: dict, family: str, name: str, overrides: dict):
