@@ -28,9 +28,6 @@ from focuslib.models.base import MLLM, TokenLayout
 from focuslib.models.registry import register_family
 
 
-SYSTEM = "You are a helpful assistant."   # Qwen2.5-VL chat template's default system turn (config.SYSTEM_LINES)
-
-
 @functools.lru_cache(maxsize=None)
 def processor_class():
     """Qwen2_5_VLProcessor without the video processor (see onevision.processor_class)."""
