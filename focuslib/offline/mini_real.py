@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from focuslib.models import onevision, qwen
-from focuslib.offline.tiny import keep_vision_local, OV_GRID_PINPOINTS
+from focuslib.offline.tiny import CLIP_MEAN, CLIP_STD, keep_vision_local, OV_GRID_PINPOINTS
 
 
 MINI_REAL_NOTE = ("mini-real {family} checkpoint with RANDOM weights (built offline by focuslib.offline.mini_real): the hub "
@@ -37,9 +37,6 @@ MINI_REAL_NOTE = ("mini-real {family} checkpoint with RANDOM weights (built offl
 FAMILIES = ("llava-1.5", "llava-onevision", "qwen2.5-vl")
 
 # ---- real values (data) ------------------------------------------------------------------------------------
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
 REAL: dict[str, dict] = {
     "llava-1.5": dict(hub_id="llava-hf/llava-1.5-7b-hf", vocab_size=32064, image_token="<image>",
                       image_token_id=32000, pad_token_id=32001, bos_token_id=1, eos_token_id=2,

@@ -20,6 +20,10 @@ from focuslib.core import targets as _targets
 from focuslib.models import onevision, qwen
 
 
+# CLIP's image normalisation (LLaVA-1.5's and Qwen2.5-VL's processors)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
 TINY_LLAVA_NOTE = ("tiny LLaVA-1.5-shaped model with RANDOM weights (built offline by focuslib.offline.tiny); "
                    "its answers and relevance maps are meaningless")
 
@@ -66,8 +70,7 @@ def build_tiny_llava(path: str | Path, seed: int = 0, text_layers: int = 4, hidd
     tokenizer = build_tokenizer()
     image_processor = T.CLIPImageProcessor(  # llava-hf/llava-1.5-7b-hf preprocessor settings
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
-        resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711])
+        resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     processor = T.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                  vision_feature_select_strategy="default", num_additional_image_tokens=1)
     vision = T.CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
@@ -223,8 +226,7 @@ def build_tiny_qwen25vl(path: str | Path, seed: int = 0, text_layers: int = 4, h
                                         _chatml_corpus("<|vision_start|><|image_pad|><|vision_end|>"))
     image_processor = T.Qwen2VLImageProcessor(
         min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2,
-        resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711])
+        resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     processor = qwen.processor_class()(image_processor=image_processor, tokenizer=tokenizer)
     head_dim = hidden // heads
     half = head_dim // 2
