@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import get_args, Sequence
 
 import torch
+
+from focuslib.core.config import GrowthRule
 
 GridBox = tuple[int, int, int, int]
 PixelBox = tuple[int, int, int, int]
 Cell = tuple[int, int]
-GrowthRule = Literal["map-mean", "anchor"]
-GROWTH_RULES: tuple[str, ...] = ("map-mean", "anchor")
+GROWTH_RULES: tuple[str, ...] = get_args(GrowthRule)   # ("map-mean", "anchor"), decisions.md D4
 
 __all__ = [
     "GridBox",
