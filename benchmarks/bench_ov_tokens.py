@@ -42,7 +42,7 @@ def crop_sizes(ov, image_size=HR8K) -> dict[str, tuple[int, int]]:
     ch = image_size[1] / h
     side = lambda s: (round(s * cw), round(s * ch))   # noqa: E731
     return {f"ROI s_min={cfg.s_min}": side(cfg.s_min), f"ROI s_max={cfg.s_max}": side(cfg.s_max),
-            f"merged 2 x s_max": (2 * side(cfg.s_max)[0], side(cfg.s_max)[1])}
+            "merged 2 x s_max": (2 * side(cfg.s_max)[0], side(cfg.s_max)[1])}
 
 
 def count(ov, sizes) -> int:
