@@ -13,12 +13,14 @@ Without a GPU it says so (one `warn` row) and checks everything else on the CPU.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,8 +201,9 @@ def doctor_samples(data: str | None, limit_per_benchmark: int = 1):
     return out, errors
 
 
-def check_model(rep: Report, name: str, device: str, dtype, data: str | None, n_steps: int = 2) -> None:
-
+def check_model(rep: Report, name: str, device: str, dtype, load_samples: Callable[[], tuple[list, list]],
+                n_steps: int = 2) -> None:
+    """Source, memory, load, then the test question(s) of `load_samples()` (`doctor_samples`, read once per run)."""
     dt = resolve_dtype(dtype, device)
     if not check_source(rep, name):
         return
@@ -217,7 +220,7 @@ def check_model(rep: Report, name: str, device: str, dtype, data: str | None, n_
     rep.add(f"{name}: load", "ok", f"{m.family}, {m.num_layers} decoder layers, {dt}, {device}"
             + (f"; fixed an old processor config: {', '.join(m.processor_fixes)}" if getattr(m, "processor_fixes", None)
                else ""), seconds=time.perf_counter() - t0, peak_mb=peak_mb(device))
-    samples, errors = doctor_samples(data)
+    samples, errors = load_samples()
     for bench, err in errors:
         rep.add(f"{name}: {bench}", "problem", f"cannot read the local copy: {err}",
                 fix=f"re-download it (`focus eval --benchmark {bench} --data DIR` expects the hub layout)")
@@ -251,8 +254,9 @@ def run_doctor(models: list[str], device: str | None = None, dtype="auto", data:
     device = device or default_device()
     rep = Report()
     check_environment(rep, device)
+    load_samples = functools.cache(lambda: doctor_samples(data))  # the same questions for every model, read once
     for name in models:
-        check_model(rep, name, device, dtype, data, n_steps=n_steps)
+        check_model(rep, name, device, dtype, load_samples, n_steps=n_steps)
     return rep
 
 
