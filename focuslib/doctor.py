@@ -14,6 +14,7 @@ Without a GPU it says so (one `warn` row) and checks everything else on the CPU.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import resource
@@ -126,18 +127,11 @@ def model_needs_gb(name: str, dtype: torch.dtype) -> float | None:
         n = 0
         for f in files:
             with safe_open(str(f), "pt") as st:
-                n += sum(_numel(st.get_slice(k).get_shape()) for k in st.keys())
+                n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
         weights = n * DTYPE_BYTES.get(dtype, 2) / 2 ** 30
         return weights + (HEADROOM_GB if weights > 1 else 0.1)
     b = PARAMS_B.get(name)
     return None if b is None else b * 1e9 * DTYPE_BYTES.get(dtype, 2) / 2 ** 30 + HEADROOM_GB
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def check_source(rep: Report, name: str) -> bool:
