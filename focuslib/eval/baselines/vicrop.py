@@ -255,7 +255,7 @@ class ViCrop:
         if self.config.variant == "grad":
             return self.token_map(image, self.map_prompt(question), grad=True)
         q, lay = self.token_map(image, self.map_prompt(question))
-        g, _ = self.token_map(image, f"{self.config.generic_question} {self.config.map_suffix}")
+        g, _ = self.token_map(image, self.map_prompt(self.config.generic_question))
         ratio = torch.where(g > 0, q / torch.where(g > 0, g, torch.ones_like(g)), torch.zeros_like(q))
         return ratio * lay.valid, lay
 
