@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image, ImageDraw
 
+from focuslib.core.rois import union_box
 from focuslib.core.targets import extract_targets, strip_options
 from focuslib.core.trace import BaselineTrace, begin_answer
 from focuslib.eval.baselines.common import build_preset, confidences, view_confidence
@@ -180,7 +181,7 @@ def merge_near(boxes: list[Box], buffer: int) -> list[Box]:
                 continue
             for j, b in enumerate(boxes):
                 if j != i and j not in used and _near(a, b, buffer):
-                    out.append(union(a, b))
+                    out.append(union_box([a, b]))
                     used.update((i, j))
                     changed = True
                     break
@@ -188,10 +189,6 @@ def merge_near(boxes: list[Box], buffer: int) -> list[Box]:
                 out.append(a)
         boxes = out
     return boxes
-
-
-def union(*boxes: Box) -> Box:
-    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 def two_blocks(image: Image.Image, a: Box, b: Box, side: int, fill) -> Image.Image:
@@ -260,7 +257,7 @@ class ZoomEye:
             x1, y1 = min(square.width, b[2] + ox + t), min(square.height, b[3] + oy + t)
             draw.rectangle((x0, y0, x1, y1), outline=OUTLINE, width=t)
             drawn.append((x0, y0, x1, y1))
-        zoomed = square.crop(union(*drawn))
+        zoomed = square.crop(union_box(drawn))
         side = self.config.min_patch
         if self.config.pad_global:
             return [square.resize((side, side)), zoomed]
@@ -406,7 +403,7 @@ class ZoomEye:
         boxes = merge_near([grow(n.box, W, H, cfg.min_patch, cfg.patch_scale) for n in nodes], cfg.merge_buffer)
         if self.multi:
             return "multi-image", self.zoom_pair(image, boxes), boxes
-        u = union(*boxes)
+        u = union_box(boxes)
         if max(u[2] - u[0], u[3] - u[1]) > cfg.side_threshold and len(boxes) == 2:
             return "canvas", [two_blocks(image, boxes[0], boxes[1], cfg.min_patch, self.fill)], boxes
         return "crop", [crop(image, u)], [u]
