@@ -5,6 +5,7 @@ converted to RGB; 16- and 32-bit integer or float images are rescaled to 8 bit b
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -48,44 +49,51 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open a path (or take a PIL image) and return 8-bit RGB, EXIF orientation applied.
+def load_image(src: str | os.PathLike | bytes | Image.Image) -> Image.Image:
+    """Open a path or encoded bytes (or take a PIL image) and return 8-bit RGB, EXIF orientation applied.
 
-    Raises FocusInputError naming the file for a missing, unreadable or corrupt image.
+    Files and bytes (benchmark records) pass the same guard: `FOCUSLIB_MAX_IMAGE_PIXELS` raises PIL's
+    decompression-bomb limit, and an image over it gets a message with its size and how to raise it.
+    Raises FocusInputError naming the source for a missing, unreadable, corrupt or too large image.
     """
     if isinstance(src, Image.Image):
         return to_rgb(src)
-    path = Path(src)
-    if not path.exists():
-        raise FocusInputError(f"image file not found: {path}")
-    if path.is_dir():
-        raise FocusInputError(f"expected an image file, got a directory: {path}")
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        name, open_src = f"<{len(data)} bytes of image data>", lambda: io.BytesIO(data)
+    else:
+        path = Path(src)
+        if not path.exists():
+            raise FocusInputError(f"image file not found: {path}")
+        if path.is_dir():
+            raise FocusInputError(f"expected an image file, got a directory: {path}")
+        name, open_src = str(path), lambda: path
     env = os.environ.get("FOCUSLIB_MAX_IMAGE_PIXELS")
     if env:  # the user trusts large files: PIL refuses above 2 x MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max(1, int(env) // 2)
     try:
-        with Image.open(path) as im:
+        with Image.open(open_src()) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
     except Image.DecompressionBombError as e:
-        raise FocusInputError(_too_large(path)) from e
+        raise FocusInputError(_too_large(name, open_src)) from e
     except UnidentifiedImageError as e:
-        raise FocusInputError(f"not a readable image file: {path}") from e
+        raise FocusInputError(f"not a readable image file: {name}") from e
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
-        raise FocusInputError(f"corrupt or truncated image file: {path} ({e})") from e
+        raise FocusInputError(f"corrupt or truncated image file: {name} ({e})") from e
 
 
-def _too_large(path: Path) -> str:
+def _too_large(name: str, open_src) -> str:
     """What to say about an image over PIL's decompression-bomb guard (size, limit, how to raise it)."""
     limit = Image.MAX_IMAGE_PIXELS
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(path) as im:  # header only: no pixels are decoded
+        with Image.open(open_src()) as im:  # header only: no pixels are decoded
             w, h = im.size
     finally:
         Image.MAX_IMAGE_PIXELS = saved
-    return (f"image {path} is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the decompression-bomb limit of "
+    return (f"image {name} is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the decompression-bomb limit of "
             f"{2 * limit / 1e6:.0f} Mpx (2 x PIL.Image.MAX_IMAGE_PIXELS = {limit}); if you trust the file, set "
             f"FOCUSLIB_MAX_IMAGE_PIXELS={w * h} (or PIL.Image.MAX_IMAGE_PIXELS in Python), or downscale the image")
 

@@ -360,3 +360,18 @@ def test_large_image_limit_can_be_raised(files, monkeypatch):
     monkeypatch.setenv("FOCUSLIB_MAX_IMAGE_PIXELS", "200000000")
     with pytest.raises(FocusInputError, match="corrupt or truncated"):  # past the guard: the header lies
         load_image(big)
+
+
+def test_large_image_as_benchmark_bytes_gets_the_same_guard(files, monkeypatch):
+    """Benchmark records hold encoded bytes (HR-Bench base64, MME-RW bytes): same message, same override."""
+    from focuslib.eval.benchmarks import decode_image
+    from focuslib.images import FocusInputError
+    data = bomb_png(files / "big_bytes.png", 20000, 10000).read_bytes()
+    with pytest.raises(FocusInputError, match=r"20000x10000 = 200 Mpx.*FOCUSLIB_MAX_IMAGE_PIXELS=200000000"):
+        decode_image(data, files)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    monkeypatch.setenv("FOCUSLIB_MAX_IMAGE_PIXELS", "200000000")
+    with pytest.raises(FocusInputError, match="corrupt or truncated"):  # past the guard: the header lies
+        decode_image(data, files)
+    with pytest.raises(FocusInputError, match="not a readable image file: <4 bytes of image data>"):
+        decode_image(b"junk", files)
