@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -416,6 +417,22 @@ class MLLM(ABC):
         self.calls[purpose] += 1
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return text.strip().split("\n")[0].strip()
+
+
+def chatml_prompt(system: str, image: str, sep: str, text: str | Sequence[str], n_images: int) -> str:
+    """One ChatML user turn (LLaVA-OneVision's qwen_1_5 conversation, Qwen2.5-VL's template), ending where the
+    answer starts. `image`: the text one image stands for; `sep`: what follows the images ("\n" for OneVision).
+    text = question -> `image * n_images + sep + question`; text = [caption per image..., question] -> each
+    image followed by sep + its caption + "\n", then the question (ZoomEye's multi-image prompt, D10)."""
+    if isinstance(text, str):
+        body = image * n_images + sep + text
+    else:
+        *captions, text = text
+        if len(captions) != n_images:
+            raise ValueError(f"{len(captions)} captions for {n_images} images")
+        body = "".join(f"{image}{sep}{c}\n" for c in captions) + text
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return head + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

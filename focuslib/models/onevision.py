@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from focuslib.core.config import INPUTS, SYSTEM_LINES
-from focuslib.models.base import MLLM, TokenLayout
+from focuslib.models.base import chatml_prompt, MLLM, TokenLayout
 from focuslib.models.registry import register_family
 
 
@@ -118,15 +118,7 @@ class OneVisionAdapter(MLLM):
         """LLaVA's qwen_1_5 conversation (lmms-eval / ZoomEye): system turn, images first, then "\n" + text,
         ending where the answer starts (decisions.md D32). text = [caption per image..., question]: each
         image is followed by "\n" + its caption + "\n" (ZoomEye's multi-image prompt, decisions.md D10)."""
-        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
-        if isinstance(text, str):
-            body = "<image>" * n_images + "\n" + text
-        else:
-            *captions, text = text
-            if len(captions) != n_images:
-                raise ValueError(f"{len(captions)} captions for {n_images} images")
-            body = "".join(f"<image>\n{c}\n" for c in captions) + text
-        return system + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n"
+        return chatml_prompt(self.system, "<image>", "\n", text, n_images)
 
     @property
     def decoder_layers(self):

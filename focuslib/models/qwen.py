@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from focuslib.core.config import INPUTS, SYSTEM_LINES
-from focuslib.models.base import MLLM, TokenLayout
+from focuslib.models.base import chatml_prompt, MLLM, TokenLayout
 from focuslib.models.registry import register_family
 
 
@@ -72,16 +72,7 @@ class QwenVLAdapter(MLLM):
         """Qwen2.5-VL chat template with its default system turn, add_generation_prompt=True. text = [caption
         per image..., question]: each image followed by its caption + "\n", as the template renders
         ZoomEye's [image, text, image, text] content (decisions.md D10)."""
-        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system else ""
-        vision = "<|vision_start|><|image_pad|><|vision_end|>"
-        if isinstance(text, str):
-            body = vision * n_images + text
-        else:
-            *captions, text = text
-            if len(captions) != n_images:
-                raise ValueError(f"{len(captions)} captions for {n_images} images")
-            body = "".join(f"{vision}{c}\n" for c in captions) + text
-        return system + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n"
+        return chatml_prompt(self.system, "<|vision_start|><|image_pad|><|vision_end|>", "", text, n_images)
 
     @property
     def decoder_layers(self):
