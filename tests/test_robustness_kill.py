@@ -88,6 +88,9 @@ def test_two_process_cpu_run_and_killed_launcher(tiny_llava_path, tmp_path):
     done = subprocess.run(_torchrun(tiny_llava_path, out, 12), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ids = [r["id"] for r in read_records(_results(out))]
-    assert sorted(ids) == sorted(str(i) for i in range(12))
+    # every id once: the 12 asked for, plus whatever the killed --limit 40 run had already finished (its
+    # workers may get further than 12 before the kill, depending on the machine's load; those records are kept)
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert {str(i) for i in range(12)} <= set(ids) and all(int(i) < 40 for i in ids), sorted(ids)
     assert not list(out.glob("*.shard*of2.jsonl"))
     assert done.stdout.count("\noverall") + done.stdout.startswith("overall") == 1  # rank 1 prints no table
