@@ -1,0 +1,496 @@
+"""The miniature, attempt 3: CLIP-like region-phrase pre-training, a letter curriculum, gated stages.
+
+Attempts 1-2 (`miniature.py`, benchmarks/results_miniature.md) stalled on the LM's "read and copy" skill.
+Attempt 3 gives the miniature the ingredients a real MLLM has before FOCUS sees it, each stage gated by
+held-out probes (a stage that misses its gate stops the recipe instead of spending the budget):
+
+  C  region-phrase contrastive pre-training of the vision tower + projector (CLIP's softmax over
+     phrases, as a dense grounding objective): each patch token, through the projector, is scored by
+     cosine against the phrase embeddings of all 48 "colour shape" phrases and "background" (a phrase
+     = the sum of the LM's word embeddings of its words, frozen: the LM's own input space is the text
+     side); the target is what covers the patch (coverage-weighted; a shape too small to resolve at
+     the view's scale spreads over the 6 shapes of its colour). This is LLaVA stage 1's purpose
+     (image tokens in the word-embedding space) with a grounding signal (positions of named objects);
+  L  text-only letter curriculum for the LM: "the star is red . What is the color of the star?
+     (A) ... -> B", left/right from a sentence, the ICL target-extraction prompt (short items, ~5x
+     cheaper than a 144-token scene; the attempt-2 diagnosis);
+  I  instruction tuning on images (LM only; tower, projector and word embeddings frozen so the
+     alignment of stage C survives): colour with lettered options, left/right, existence Yes/No
+     (positives, absent, hard negatives), captions naming objects and coarse positions ("red star
+     top left"), ICL and L items every 10th batch; the first `easy_steps` use object-centred views.
+
+Word embeddings are drawn at unit scale (std 1, as models that scale embeddings by sqrt(d)) and never
+trained: the residual stream of every token stays dominated by what the token is, which is what the
+relevance map reads in the later layers. Nothing else targets the map: no loss on attention or values.
+Data are pure functions of (seed, stage, step); the evaluation seeds (synthetic.generate) are never used.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from focuslib.images import pad_to_square
+from focuslib.offline import miniature as M
+from focuslib.offline import synthetic
+
+STAGES = ("C", "L", "I")
+PHRASES = [f"{c} {s}" for c, s in M.PAIRS] + ["background"]
+BG = len(PHRASES) - 1
+EXTRA_WORDS = ["top", "bottom", "middle", "center", "left", "right"]   # coarse positions in captions
+
+
+@dataclass(frozen=True)
+class Recipe3:
+    """Attempt 3 as data: architecture, per-stage step ceilings, gates (held-out %, all must pass)."""
+    seed: int = 0
+    lm_hidden: int = 128
+    lm_layers: int = 6
+    lm_heads: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    embed_std: float = 1.0
+    tau: float = 0.07
+    shape_px: float = 6.0      # a shape narrower than this (input px) is "some shape of this colour"
+    steps: dict = field(default_factory=lambda: {"C": 900, "L": 1500, "I": 3000})       # ceilings
+    min_steps: dict = field(default_factory=lambda: {"C": 300, "L": 300, "I": 1200})     # before a gate may end a stage
+    batch: dict = field(default_factory=lambda: {"C": 32, "L": 32, "I": 32})
+    lr: dict = field(default_factory=lambda: {"C": 2e-3, "L": 1e-3, "I": 1e-3})
+    gates: dict = field(default_factory=lambda: {
+        "C": {"patch colour": 90.0, "patch phrase": 70.0},
+        "L": {"color": 95.0, "left/right": 95.0},
+        "I": {"color": 90.0, "exists-yes": 85.0, "exists-no": 85.0}})
+    mix: tuple = (0.35, 0.5, 0.6)   # I: colour < .35 <= left/right < .5 <= caption < .6 <= existence
+    easy_steps: int = 600
+    scene_size: tuple = (800, 600)
+    object_px: tuple = (20, 40)
+    n_objects: tuple = (4, 10)
+    checkpoint_every: int = 100
+    probe_every: int = 150
+    budget_s: float = 90 * 60   # the whole recipe's training wall-clock ceiling
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer / processor / model
+
+
+def build_processor():
+    """miniature.build_processor with the coarse-position words added to the vocabulary."""
+    proc = M.build_processor()
+    return _with_words(proc, EXTRA_WORDS)
+
+
+def _with_words(proc, words):
+    import transformers as T
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+    old = proc.tokenizer
+    vocab = dict(old.get_vocab())
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", vocab["<s>"])])
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
+    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                     pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    return T.LlavaProcessor(image_processor=proc.image_processor, tokenizer=fast, patch_size=M.PATCH,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def build_model(r: Recipe3, tokenizer):
+    model = M.build_model(r, tokenizer)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(r.seed)
+        emb = model.get_input_embeddings()
+        emb.weight.copy_(torch.randn(emb.weight.shape, generator=g) * r.embed_std)
+    return model
+
+
+def phrase_table(model, tokenizer) -> torch.Tensor:
+    """[49, d] phrase embeddings: sum of the frozen word embeddings of each phrase's words."""
+    E = model.get_input_embeddings().weight.detach()
+    rows = [sum(E[tokenizer.convert_tokens_to_ids(w)] for w in p.split()) for p in PHRASES]
+    return torch.stack(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# stage C: patch targets
+
+
+def patch_targets(seen: list, shape_px: float) -> torch.Tensor:
+    """Soft phrase targets [144, 49] of a view: coverage of each cell by each object, background the rest."""
+    y = torch.zeros(M.GRID * M.GRID, len(PHRASES))
+    for s in seen:
+        side = max(s.box[2] - s.box[0], s.box[3] - s.box[1])
+        c = M.COLORS.index(s.obj.color)
+        for k, _, _, f in M.word_scene([s]):
+            if side >= shape_px:
+                y[k, M.PAIRS.index((s.obj.color, s.obj.shape))] += f
+            else:   # the shape is not resolvable at this scale: any shape of this colour
+                y[k, c * len(M.SHAPES):(c + 1) * len(M.SHAPES)] += f / len(M.SHAPES)
+    tot = y.sum(-1, keepdim=True)
+    y = torch.where(tot > 1, y / tot.clamp_min(1e-9), y)
+    y[:, BG] = (1 - y.sum(-1)).clamp_min(0)
+    return y
+
+
+def contrastive_loss(model, pixel_values, targets, table, tau) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the patches' phrase distribution against the soft targets; object patches x5."""
+    feats = model.model.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
+    p = model.model.multi_modal_projector(feats)
+    logits = F.normalize(p, dim=-1) @ F.normalize(table, dim=-1).T / tau   # [B, 144, 49]
+    ce = -(targets * logits.log_softmax(-1)).sum(-1)
+    w = 1 + 4 * (1 - targets[..., BG])
+    return (ce * w).sum() / w.sum(), logits
+
+
+def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
+    rng = np.random.default_rng([r.seed + seed_offset, 10, step])
+    images, ys, infos = [], [], []
+    while len(images) < r.batch["C"]:
+        img, objs = M.make_scene(rng, r)
+        for _ in range(4):
+            if len(images) >= r.batch["C"]:
+                break
+            win = M.sample_window(rng, r, objs)
+            seen = M.seen_objects(objs, win)
+            images.append(pad_to_square(img.crop(win), M.processor_fill(processor))[0])
+            ys.append(patch_targets(seen, r.shape_px))
+    pv = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    return {"pixel_values": pv, "targets": torch.stack(ys)}
+
+
+@torch.no_grad()
+def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
+    """Held-out patch accuracy (%): cells >= half covered by one object; colour = argmax phrase's colour."""
+    ok_phrase, ok_colour, ok_bg = [], [], []
+    for step in range(n):
+        b = make_c_batch(r, step, processor, seed_offset=M.PROBE_SEED)
+        _, logits = contrastive_loss(model, b["pixel_values"], b["targets"], table, r.tau)
+        pred = logits.argmax(-1)
+        t = b["targets"]
+        obj = t[..., :BG]
+        cov, k = obj.max(-1)
+        sure = (obj > 0).sum(-1) == 1   # exactly one phrase (resolved shape)
+        main = t[..., :BG].view(*t.shape[:2], len(M.COLORS), len(M.SHAPES)).sum(-1).max(-1)
+        m = cov >= 0.5
+        ok_phrase += (pred == k)[m & sure].tolist()
+        colour_mask = main.values >= 0.5
+        ok_colour += (((pred // len(M.SHAPES)) == main.indices) & (pred != BG))[colour_mask].tolist()
+        ok_bg += (pred == BG)[t[..., BG] >= 0.999].tolist()
+    pct = lambda v: round(100 * float(np.mean(v)), 1) if v else 0.0  # noqa: E731
+    return {"patch phrase": pct(ok_phrase), "patch colour": pct(ok_colour), "background": pct(ok_bg)}
+
+
+# --------------------------------------------------------------------------------------------------
+# stage L: text-only letter curriculum
+
+
+def _text_prompt(context: str, question: str) -> str:
+    return "USER: " + context + "\n" + question + " ASSISTANT:"
+
+
+def make_l_items(rng: np.random.Generator, n: int) -> tuple[list, list, list]:
+    prompts, answers, tasks = [], [], []
+    while len(prompts) < n:
+        u = rng.random()
+        shapes = [M.SHAPES[i] for i in rng.permutation(len(M.SHAPES))[:int(rng.integers(1, 4))]]
+        colors = [M.COLORS[i] for i in rng.integers(0, len(M.COLORS), len(shapes))]
+        if u < 0.6:   # colour of a named shape, read from a sentence
+            facts = " . ".join(f"the {s} is {c}" for s, c in zip(shapes, colors)) + " ."
+            i = int(rng.integers(len(shapes)))
+            wrong = [c for c in rng.permutation(M.COLORS) if c != colors[i]][:3]
+            opts = [colors[i], *wrong]
+            perm = rng.permutation(4)
+            shown = [opts[j] for j in perm]
+            letter = synthetic.LETTERS[int(np.flatnonzero(perm == 0)[0])]
+            q = synthetic._format_text(f"What is the color of the {shapes[i]}?", shown)
+            prompts.append(_text_prompt(facts, q)), answers.append(" " + letter), tasks.append("color")
+        else:         # left / right of two named objects, read from a sentence
+            if len(shapes) < 2:
+                shapes.append(next(s for s in M.SHAPES if s not in shapes))
+                colors.append(M.COLORS[int(rng.integers(len(M.COLORS)))])
+            a, b = f"{colors[0]} {shapes[0]}", f"{colors[1]} {shapes[1]}"
+            side = "left" if rng.random() < 0.5 else "right"
+            facts = f"the {a} is {side} of the {b} ."
+            if rng.random() < 0.5:   # asked the other way round: the answer flips
+                a, b, side = b, a, ("right" if side == "left" else "left")
+            shown = ["left", "right"] if rng.random() < 0.5 else ["right", "left"]
+            q = synthetic._format_text(f"Is the {a} on the left or right side of the {b}?", shown)
+            prompts.append(_text_prompt(facts, q)), answers.append(" " + synthetic.LETTERS[shown.index(side)])
+            tasks.append("left/right")
+    return prompts, answers, tasks
+
+
+def make_l_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
+    rng = np.random.default_rng([r.seed + seed_offset, 11, step])
+    if step % M.ICL_EVERY == M.ICL_EVERY - 1:
+        return M.make_icl_batch(rng, r, max(4, r.batch["L"] // 4), processor.tokenizer)
+    p, a, t = make_l_items(rng, r.batch["L"])
+    return {**M._encode(processor.tokenizer, p, a, 0), "tasks": t}
+
+
+# --------------------------------------------------------------------------------------------------
+# stage I: instruction tuning on images
+
+
+def position_words(s, side: float = M.SIDE) -> str:
+    """Coarse position of an object in the view: 'top left', 'middle', 'bottom right' (thirds)."""
+    cx, cy = (s.box[0] + s.box[2]) / 2 / side, (s.box[1] + s.box[3]) / 2 / side
+    v = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    h = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "center"
+    return "middle" if (v, h) == ("middle", "center") else f"{v} {h}"
+
+
+def position_caption(seen: list) -> str:
+    vis = sorted((s for s in seen if s.frac >= 0.5), key=M._cell_of)
+    return " , ".join(f"{s.name} {position_words(s)}" for s in vis) if vis else "nothing"
+
+
+def easy_window(rng, r, objs):
+    """An object-centred view at 1.3-6x the object's size (the curriculum's first steps)."""
+    o = objs[rng.integers(len(objs))]
+    x, y, w, h = o.box
+    W, H = r.scene_size
+    side = min(max(w, h) * math.exp(rng.uniform(math.log(1.3), math.log(6.0))), min(W, H))
+    cx = x + w / 2 + rng.uniform(-0.3, 0.3) * side
+    cy = y + h / 2 + rng.uniform(-0.3, 0.3) * side
+    x0 = int(round(min(max(cx - side / 2, 0), W - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), H - side)))
+    return (x0, y0, x0 + int(round(side)), y0 + int(round(side)))
+
+
+def make_i_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
+    rng = np.random.default_rng([r.seed + seed_offset, 12, step])
+    if step % M.ICL_EVERY == M.ICL_EVERY - 1:
+        if step % (2 * M.ICL_EVERY) == M.ICL_EVERY - 1:
+            return M.make_icl_batch(rng, r, max(4, r.batch["I"] // 4), processor.tokenizer)
+        return make_l_batch(r, step, processor, seed_offset + 1)   # keep the letter skill
+    easy = step < r.easy_steps
+    images, prompts, answers, tasks = [], [], [], []
+    while len(prompts) < r.batch["I"]:
+        img, objs = M.make_scene(rng, r)
+        if not objs:
+            continue
+        for _ in range(4):
+            if len(prompts) >= r.batch["I"]:
+                break
+            win = easy_window(rng, r, objs) if easy else M.sample_window(rng, r, objs)
+            seen = M.seen_objects(objs, win)
+            u = rng.random()
+            qa = None
+            if u < r.mix[0]:
+                qa = M.color_question(rng, seen, objs)
+            elif u < r.mix[1]:
+                qa = M.position_question(rng, seen, objs)
+            elif u < r.mix[2]:
+                qa = (M.CAPTION, position_caption(seen))
+            for _ in range(4):
+                if qa is None:
+                    qa = M.existence_question(rng, seen)
+            if qa is None:
+                continue
+            images.append(pad_to_square(img.crop(win), M.processor_fill(processor))[0])
+            prompts.append(M.chat(qa[0]))
+            answers.append(" " + qa[1])
+            tasks.append(M.task_of(*qa))
+    out = {"pixel_values": processor.image_processor(images=images, return_tensors="pt")["pixel_values"]}
+    out.update(M._encode(processor.tokenizer, prompts, answers, M.GRID * M.GRID))
+    out["tasks"] = tasks
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+MAKERS = {"C": make_c_batch, "L": make_l_batch, "I": make_i_batch}
+
+
+@torch.no_grad()
+def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
+    """Held-out per-task accuracy (%), teacher-forced, whole answer right (</s> excluded)."""
+    was = model.training
+    model.eval()
+    hits: dict[str, list] = {}
+    steps = list(range(n)) + [M.ICL_EVERY - 1]
+    if stage == "I":
+        steps = [r.easy_steps + s for s in range(n)] + [M.ICL_EVERY - 1]   # probe the full (not easy) views
+    for step in steps:
+        b = MAKERS[stage](r, step, processor, seed_offset=M.PROBE_SEED)
+        kw = {"pixel_values": b["pixel_values"]} if "pixel_values" in b else {}
+        pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **kw).logits[:, :-1].argmax(-1)
+        lab = b["labels"][:, 1:]
+        ok = (pred == lab) | (lab == -100) | (lab == processor.tokenizer.eos_token_id)
+        for task, row in zip(b["tasks"], ok.all(-1).tolist()):
+            hits.setdefault(task, []).append(row)
+    model.train(was)
+    return {k: round(100 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}
+
+
+def _trainable(model, stage: str) -> list:
+    m = model.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    parts = {"C": [m.vision_tower, m.multi_modal_projector], "L": [m.language_model, model.lm_head],
+             "I": [m.language_model, model.lm_head]}[stage]
+    params = [p for part in parts for p in part.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    model.get_input_embeddings().weight.requires_grad_(False)   # frozen: the text side of stage C
+    return [p for p in params if p.requires_grad]
+
+
+def gate_passed(acc: dict, gate: dict) -> bool:
+    return all(acc.get(k, 0.0) >= v for k, v in gate.items())
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    def __init__(self, r, stage, start, processor):
+        self.r, self.stage, self.start, self.processor = r, stage, start, processor
+
+    def __iter__(self):
+        for step in range(self.start, self.r.steps[self.stage]):
+            yield step, MAKERS[self.stage](self.r, step, self.processor)
+
+
+def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, device: str = "cpu") -> dict:
+    """Run (or resume) the gated stages into `out`. Returns {"final": path or None, "passed": bool, ...}."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(asdict(r), indent=1))
+    processor = build_processor()
+    tok = processor.tokenizer
+    model = build_model(r, tok).to(device)
+    hist_path = out / "history.json"
+    history = json.loads(hist_path.read_text()) if hist_path.exists() else []
+    t_start = time.time() - sum(h.get("seconds", 0) for h in history if "seconds" in h)
+    for stage in STAGES:
+        done = out / f"stage-{stage}.pt"
+        if done.exists():
+            state = torch.load(done, weights_only=False)
+            model.load_state_dict(state["model"])
+            if not state.get("passed", True):
+                log(f"stage {stage} missed its gate earlier: recipe stopped")
+                return {"final": None, "passed": False, "failed_stage": stage, "history": history}
+            continue
+        table = phrase_table(model, tok).to(device)
+        params = _trainable(model, stage)
+        opt = torch.optim.AdamW(params, lr=r.lr[stage], weight_decay=0.01)
+        steps = r.steps[stage]
+        warm = max(1, steps // 30)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        start, ck = 0, out / f"stage-{stage}.partial.pt"
+        if ck.exists():
+            state = torch.load(ck, weights_only=False)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            start = state["step"]
+            log(f"stage {stage}: resuming at step {start}")
+        model.train()
+        loader = torch.utils.data.DataLoader(_Batches(r, stage, start, processor), batch_size=None,
+                                             num_workers=workers, persistent_workers=False)
+        bar = tqdm(loader, total=steps - start, desc=f"stage {stage}", file=sys.stderr, mininterval=10)
+        ema, passed, acc, t0 = None, False, {}, time.time()
+        for step, b in bar:
+            b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
+            if stage == "C":
+                loss, _ = contrastive_loss(model, b["pixel_values"], b["targets"], table, r.tau)
+            else:
+                kw = {"pixel_values": b["pixel_values"]} if "pixel_values" in b else {}
+                loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
+                             **kw).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            bar.set_postfix(loss=f"{ema:.3f}")
+            if (step + 1) % 25 == 0:
+                history.append({"stage": stage, "step": step + 1, "loss": round(ema, 4)})
+            last = step + 1 == steps or time.time() - t_start > r.budget_s
+            if (step + 1) % r.probe_every == 0 or last:
+                model.eval()
+                acc = probe_c(model, r, processor, table) if stage == "C" else probe_lm(model, r, stage, processor)
+                model.train()
+                passed = gate_passed(acc, r.gates[stage])
+                history.append({"stage": stage, "step": step + 1, "probe": acc, "gate": passed})
+                log(f"stage {stage} step {step + 1} held-out: {acc} gate {'passed' if passed else 'not yet'}")
+                if passed and step + 1 >= r.min_steps[stage]:
+                    break
+            if last:
+                break
+            if (step + 1) % r.checkpoint_every == 0:
+                tmp = ck.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "step": step + 1}, tmp)
+                tmp.replace(ck)
+                hist_path.write_text(json.dumps(history))
+        history.append({"stage": stage, "seconds": round(time.time() - t0, 1), "steps_run": step + 1,
+                        "passed": passed})
+        if stage == "C":   # image tokens start at the word embeddings' norm (what the LM will read)
+            pv = make_c_batch(r, 0, processor)["pixel_values"].to(device)
+            k = M.match_projector_scale(model, pv)
+            history.append({"stage": "C", "projector_scale": round(k, 4)})
+        model.eval()
+        torch.save({"model": model.state_dict(), "passed": passed}, done)
+        ck.unlink(missing_ok=True)
+        hist_path.write_text(json.dumps(history))
+        log(f"stage {stage} ended at step {step + 1}, gate {'PASSED' if passed else 'MISSED'}: {acc}")
+        if not passed:
+            return {"final": None, "passed": False, "failed_stage": stage, "history": history}
+    final = M.save(model.to("cpu"), processor, out / "final", r, history)
+    meta = json.loads((final / "focuslib.json").read_text())
+    meta.update({"system": "", "recipe_name": "attempt-3"})
+    (final / "focuslib.json").write_text(json.dumps(meta, indent=0))
+    return {"final": final, "passed": True, "history": history}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import shutil
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=".cache/miniature-run-3", help="run folder (checkpoints; resumes if present)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step ceilings (0.01: smoke test)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
+    ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    base = Recipe3()
+    sc = lambda d: {k: max(2, int(round(v * a.scale))) for k, v in d.items()}  # noqa: E731
+    r = replace(base, seed=a.seed, steps=sc(base.steps), min_steps=sc(base.min_steps),
+                easy_steps=max(1, int(base.easy_steps * a.scale)),
+                probe_every=max(1, int(base.probe_every * min(1.0, a.scale))),
+                checkpoint_every=max(1, int(base.checkpoint_every * min(1.0, a.scale))))
+    t0 = time.time()
+    res = train(a.out, r, workers=a.workers, device=a.device)
+    print(f"trained in {time.time() - t0:.0f} s; gates {'passed' if res['passed'] else 'MISSED at stage ' + res['failed_stage']}")
+    if a.ship and res["passed"]:
+        dst = Path(a.ship)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(res["final"], dst)
+        print(f"shipped to {dst}")
+    return 0 if res["passed"] else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Attempt 3 of the miniature (focuslib.offline.miniature3): patch targets, curriculum items, gates, resume.
+
+No real training: micro runs with a few steps check the loop's contracts (a missed gate stops the recipe and
+stays stopped on a rerun; a passed one ships a model the LLaVA-1.5 adapter loads)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from focuslib.offline import miniature as M
+from focuslib.offline import miniature3 as M3
+from focuslib.offline import synthetic
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return M3.build_processor()
+
+
+def _seen(box, shape="star", color="red", scene=96):
+    """One object at `box` (xywh) in a scene viewed whole at 96 px (factor 1 when scene = 96)."""
+    return M.seen_objects([M.Obj(shape, color, box)], (0, 0, scene, scene))
+
+
+def test_patch_targets_are_coverage_of_the_named_phrase_and_background_elsewhere():
+    y = M3.patch_targets(_seen((0, 0, 16, 12)), shape_px=6.0)     # 2 x 1.5 cells of a 96 px view
+    star = M3.PHRASES.index("red star")
+    assert y.shape == (M.GRID * M.GRID, len(M3.PHRASES))
+    assert torch.allclose(y.sum(-1), torch.ones(M.GRID * M.GRID))
+    assert y[0, star] == 1 and y[1, star] == 1                     # fully covered cells
+    assert y[M.GRID, star] == pytest.approx(0.5) and y[M.GRID, M3.BG] == pytest.approx(0.5)
+    assert y[5, M3.BG] == 1 and y[:, star].sum() == pytest.approx(16 * 12 / 64)
+
+
+def test_unresolvable_shapes_spread_over_their_colour():
+    y = M3.patch_targets(_seen((1, 1, 4, 4), shape="cross", color="blue"), shape_px=6.0)   # 4 px < 6 px
+    c = M.COLORS.index("blue")
+    row = y[0]
+    assert torch.allclose(row[c * 6:(c + 1) * 6], torch.full((6,), 16 / 64 / 6))
+    assert row[M3.BG] == pytest.approx(1 - 16 / 64)
+    assert row[:c * 6].sum() == 0 and row[(c + 1) * 6:M3.BG].sum() == 0
+
+
+def test_phrase_table_is_the_sum_of_frozen_word_embeddings(processor):
+    r = M3.Recipe3()
+    model = M3.build_model(r, processor.tokenizer)
+    E = model.get_input_embeddings().weight
+    assert float(E.detach().std()) == pytest.approx(r.embed_std, rel=0.05)
+    t = M3.phrase_table(model, processor.tokenizer)
+    wid = processor.tokenizer.convert_tokens_to_ids
+    assert torch.equal(t[M3.PHRASES.index("green diamond")], E[wid("green")] + E[wid("diamond")])
+    assert torch.equal(t[M3.BG], E[wid("background")])
+    params = M3._trainable(model, "I")
+    assert not E.requires_grad and all(p is not E for p in params)
+    assert not any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
+
+
+def test_position_words_are_thirds_of_the_view():
+    def at(cx, cy):
+        return M3.position_words(M.Seen(M.Obj("star", "red", (0, 0, 1, 1)), 1.0, (cx - 1, cy - 1, cx + 1, cy + 1)))
+    assert at(10, 10) == "top left" and at(90, 10) == "top right" and at(48, 48) == "middle"
+    assert at(48, 90) == "bottom center" and at(10, 48) == "middle left"
+    objs = [M.Obj("star", "red", (10, 10, 40, 40)), M.Obj("circle", "blue", (700, 700, 40, 40))]
+    assert M3.position_caption(M.seen_objects(objs, (0, 0, 800, 800))) == "red star top left , blue circle bottom right"
+
+
+def test_letter_curriculum_answers_point_at_the_stated_fact():
+    rng = np.random.default_rng(0)
+    prompts, answers, tasks = M3.make_l_items(rng, 200)
+    assert {"color", "left/right"} == set(tasks)
+    for p, a, t in zip(prompts, answers, tasks):
+        options = dict(re.findall(r"\(([A-D])\) (\w+)", p))
+        said = options[a.strip()]
+        if t == "color":
+            shape = re.search(r"color of the (\w+)\?", p).group(1)
+            assert f"the {shape} is {said} ." in p
+        else:
+            fact = re.search(r"the (\w+ \w+) is (left|right) of the (\w+ \w+) \.", p)
+            a_, b_ = re.search(r"Is the (\w+ \w+) on the left or right side of the (\w+ \w+)\?", p).groups()
+            flipped = {"left": "right", "right": "left"}[fact.group(2)]
+            assert said == (fact.group(2) if (a_, b_) == (fact.group(1), fact.group(3)) else flipped)
+
+
+def test_batches_are_deterministic(processor):
+    r = replace(M3.Recipe3(), batch={"C": 4, "L": 4, "I": 4})
+    for stage in M3.STAGES:
+        a, b = M3.MAKERS[stage](r, 3, processor), M3.MAKERS[stage](r, 3, processor)
+        for k in a:
+            if torch.is_tensor(a[k]):
+                assert torch.equal(a[k], b[k]), (stage, k)
+    held = M3.make_i_batch(r, 3, processor, seed_offset=M.PROBE_SEED)
+    assert not torch.equal(held["pixel_values"], M3.make_i_batch(r, 3, processor)["pixel_values"])
+
+
+def test_tokenizer_knows_the_captions_and_the_kits_prompts(processor):
+    tok = processor.tokenizer
+    items = synthetic.generate(4, seed=3)
+    texts = [M.chat(it.text) for it in items] + [M.chat(M.CAPTION) + " red star top left , blue circle middle"]
+    texts += M3.make_l_items(np.random.default_rng(1), 20)[0]
+    for t in texts:
+        assert tok.unk_token_id not in tok(t)["input_ids"], t
+
+
+def _micro(**kw):
+    r = M3.Recipe3()
+    return replace(r, steps={"C": 3, "L": 3, "I": 3}, min_steps={"C": 1, "L": 1, "I": 1},
+                   batch={"C": 4, "L": 4, "I": 4}, probe_every=2, checkpoint_every=1, easy_steps=1, **kw)
+
+
+def test_a_missed_gate_stops_the_recipe_and_stays_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(M3, "probe_c", lambda *a, **k: {"patch colour": 10.0, "patch phrase": 5.0})
+    r = _micro(gates={"C": {"patch colour": 90.0}, "L": {}, "I": {}})
+    res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    assert not res["passed"] and res["failed_stage"] == "C" and res["final"] is None
+    assert not (tmp_path / "stage-L.pt").exists()
+    gate_rows = [h for h in res["history"] if "gate" in h]
+    assert gate_rows and not any(h["gate"] for h in gate_rows)
+    again = M3.train(tmp_path, r, workers=0, log=lambda *_: None)   # a rerun does not spend the budget again
+    assert again["failed_stage"] == "C" and not (tmp_path / "stage-L.pt").exists()
+
+
+def test_a_passed_recipe_ships_a_model_the_llava_adapter_loads(tmp_path):
+    from focuslib.models import load_mllm
+    r = _micro(gates={"C": {}, "L": {}, "I": {}})
+    res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    assert res["passed"]
+    meta = json.loads((res["final"] / "focuslib.json").read_text())
+    assert meta["system"] == "" and meta["recipe_name"] == "attempt-3" and meta["trained"]
+    stages = [h["stage"] for h in meta["history"] if "seconds" in h]
+    assert stages == ["C", "L", "I"]
+    mllm = load_mllm(str(res["final"]), device="cpu", dtype="float32")
+    assert mllm.family == "llava-1.5" and mllm.grid == M.GRID
+    out = mllm.existence_logits([synthetic.generate(1, seed=5)[0].image], "red star")
+    assert out.shape[-1] == 2 and torch.isfinite(out).all()
