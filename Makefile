@@ -36,10 +36,12 @@ test-browser: $(STAMP) $(KERNEL)
 
 # `make miniature`: generate the synthetic world and train the miniature LLaVA-1.5 on this CPU (~1 h on 2 cores,
 # resumable: re-run after an interruption), ship it to data/models/ and measure it (report.md beside it).
-MINI_RUN ?= .cache/miniature-run
+# RECIPE=attempt-1|attempt-2|attempt-3 (benchmarks/results_miniature.md); attempt-3 ships only if its gates pass.
+RECIPE ?= attempt-1
+MINI_RUN ?= .cache/miniature-run-$(RECIPE)
 MINI_OUT ?= data/models/miniature-llava-1.5
 miniature: $(STAMP)
-	$(PY) -m focuslib.offline.miniature --out $(MINI_RUN) --ship $(MINI_OUT)
+	$(PY) -m focuslib.offline.miniature --recipe $(RECIPE) --out $(MINI_RUN) --ship $(MINI_OUT)
 	$(PY) -m focuslib.offline.miniature_report --model $(MINI_OUT)
 
 miniature-report: $(STAMP)

@@ -72,11 +72,13 @@ def test_position_words_are_thirds_of_the_view():
 def test_letter_curriculum_answers_point_at_the_stated_fact():
     rng = np.random.default_rng(0)
     prompts, answers, tasks = M3.make_l_items(rng, 200)
-    assert {"color", "left/right"} == set(tasks)
+    assert {"letter", "color", "left/right"} == set(tasks)
     for p, a, t in zip(prompts, answers, tasks):
         options = dict(re.findall(r"\(([A-D])\) (\w+)", p))
         said = options[a.strip()]
-        if t == "color":
+        if t == "letter":
+            assert p.startswith(f"USER: {said} .\n(A)")
+        elif t == "color":
             shape = re.search(r"color of the (\w+)\?", p).group(1)
             assert f"the {shape} is {said} ." in p
         else:
@@ -87,7 +89,7 @@ def test_letter_curriculum_answers_point_at_the_stated_fact():
 
 
 def test_batches_are_deterministic(processor):
-    r = replace(M3.Recipe3(), batch={"C": 4, "L": 4, "I": 4})
+    r = replace(M3.Recipe3(), batch={"C": 4, "P": 4, "L": 4, "I": 4})
     for stage in M3.STAGES:
         a, b = M3.MAKERS[stage](r, 3, processor), M3.MAKERS[stage](r, 3, processor)
         for k in a:
@@ -95,6 +97,15 @@ def test_batches_are_deterministic(processor):
                 assert torch.equal(a[k], b[k]), (stage, k)
     held = M3.make_i_batch(r, 3, processor, seed_offset=M.PROBE_SEED)
     assert not torch.equal(held["pixel_values"], M3.make_i_batch(r, 3, processor)["pixel_values"])
+
+
+def test_copy_batches_supervise_exactly_the_repeat(processor):
+    r = replace(M3.Recipe3(), batch={**M3.Recipe3().batch, "P": 3})
+    b = M3.make_p_batch(r, 5, processor)
+    ids, lab = b["input_ids"], b["labels"]
+    n = (ids.shape[1] - 1) // 2
+    assert torch.equal(ids[:, 1:n + 1], ids[:, n + 1:]) and (ids[:, 1:] >= 5).all()
+    assert (lab[:, :n + 2] == -100).all() and torch.equal(lab[:, n + 2:], ids[:, n + 2:])
 
 
 def test_tokenizer_knows_the_captions_and_the_kits_prompts(processor):
@@ -108,13 +119,13 @@ def test_tokenizer_knows_the_captions_and_the_kits_prompts(processor):
 
 def _micro(**kw):
     r = M3.Recipe3()
-    return replace(r, steps={"C": 3, "L": 3, "I": 3}, min_steps={"C": 1, "L": 1, "I": 1},
-                   batch={"C": 4, "L": 4, "I": 4}, probe_every=2, checkpoint_every=1, easy_steps=1, **kw)
+    return replace(r, steps={"C": 3, "P": 3, "L": 3, "I": 3}, min_steps={"C": 1, "P": 1, "L": 1, "I": 1},
+                   batch={"C": 4, "P": 4, "L": 4, "I": 4}, probe_every=2, checkpoint_every=1, easy_steps=1, **kw)
 
 
 def test_a_missed_gate_stops_the_recipe_and_stays_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(M3, "probe_c", lambda *a, **k: {"patch colour": 10.0, "patch phrase": 5.0})
-    r = _micro(gates={"C": {"patch colour": 90.0}, "L": {}, "I": {}})
+    r = _micro(gates={"C": {"patch colour": 90.0}, "P": {}, "L": {}, "I": {}})
     res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
     assert not res["passed"] and res["failed_stage"] == "C" and res["final"] is None
     assert not (tmp_path / "stage-L.pt").exists()
@@ -126,13 +137,13 @@ def test_a_missed_gate_stops_the_recipe_and_stays_stopped(tmp_path, monkeypatch)
 
 def test_a_passed_recipe_ships_a_model_the_llava_adapter_loads(tmp_path):
     from focuslib.models import load_mllm
-    r = _micro(gates={"C": {}, "L": {}, "I": {}})
+    r = _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}})
     res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
     assert res["passed"]
     meta = json.loads((res["final"] / "focuslib.json").read_text())
     assert meta["system"] == "" and meta["recipe_name"] == "attempt-3" and meta["trained"]
     stages = [h["stage"] for h in meta["history"] if "seconds" in h]
-    assert stages == ["C", "L", "I"]
+    assert stages == ["C", "P", "L", "I"]
     mllm = load_mllm(str(res["final"]), device="cpu", dtype="float32")
     assert mllm.family == "llava-1.5" and mllm.grid == M.GRID
     out = mllm.existence_logits([synthetic.generate(1, seed=5)[0].image], "red star")

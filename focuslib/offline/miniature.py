@@ -693,13 +693,19 @@ def save(model, processor, path: str | Path, r: Recipe, history: list | None = N
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=".cache/miniature-run", help="run folder (checkpoints; resumes if present)")
-    ap.add_argument("--recipe", default="attempt-1", choices=sorted(RECIPES), help="attempt-1 = the shipped model")
+    ap.add_argument("--recipe", default="attempt-1", choices=sorted(RECIPES) + ["attempt-3"],
+                    help="attempt-1 / attempt-2: this module's four stages; attempt-3: miniature3's gated recipe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (e.g. 0.01 to smoke-test)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1, help="batch-making processes (0 = in the trainer)")
     ap.add_argument("--ship", default=None, help="copy the final model here (e.g. data/models/miniature-llava-1.5)")
     a = ap.parse_args(argv)
+    if a.recipe == "attempt-3":   # its own stages and gates (focuslib/offline/miniature3.py)
+        from focuslib.offline import miniature3
+        return miniature3.main(["--out", a.out, "--seed", str(a.seed), "--scale", str(a.scale),
+                                "--workers", str(a.workers)] + (["--threads", str(a.threads)] if a.threads else [])
+                               + (["--ship", a.ship] if a.ship else []))
     if a.threads:
         torch.set_num_threads(a.threads)
     from dataclasses import replace
