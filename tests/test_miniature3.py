@@ -55,9 +55,12 @@ def test_phrase_table_is_the_sum_of_frozen_word_embeddings(processor):
     wid = processor.tokenizer.convert_tokens_to_ids
     assert torch.equal(t[M3.PHRASES.index("green diamond")], E[wid("green")] + E[wid("diamond")])
     assert torch.equal(t[M3.BG], E[wid("background")])
-    params = M3._trainable(model, "I")
-    assert not E.requires_grad and all(p is not E for p in params)
-    assert not any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
+    groups = M3._groups(model, "I", r)
+    assert not E.requires_grad and all(p is not E for g in groups for p in g["params"])
+    proj = set(map(id, model.model.multi_modal_projector.parameters()))
+    assert groups[1]["lr"] == pytest.approx(r.lr["I"] * r.tower_lr_scale)
+    assert proj <= set(map(id, groups[1]["params"])) and not proj & set(map(id, groups[0]["params"]))
+    assert len(M3._groups(model, "L", r)) == 1
 
 
 def test_position_words_are_thirds_of_the_view():

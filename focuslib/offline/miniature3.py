@@ -59,18 +59,19 @@ class Recipe3:
     embed_std: float = 1.0
     tau: float = 0.07
     shape_px: float = 6.0      # a shape narrower than this (input px) is "some shape of this colour"
-    steps: dict = field(default_factory=lambda: {"C": 1500, "P": 750, "L": 2000, "I": 3000})     # ceilings
-    min_steps: dict = field(default_factory=lambda: {"C": 300, "P": 300, "L": 300, "I": 1200})   # before a gate may end a stage
+    steps: dict = field(default_factory=lambda: {"C": 900, "P": 750, "L": 1500, "I": 2400})      # ceilings
+    min_steps: dict = field(default_factory=lambda: {"C": 900, "P": 300, "L": 300, "I": 1500})   # before a gate may end a stage
     batch: dict = field(default_factory=lambda: {"C": 32, "P": 32, "L": 32, "I": 32})
     lr: dict = field(default_factory=lambda: {"C": 2e-3, "P": 1e-3, "L": 1e-3, "I": 1e-3})
     gates: dict = field(default_factory=lambda: {
-        "C": {"region phrase": 85.0, "patch colour": 80.0},
+        "C": {"region phrase": 40.0, "patch colour": 75.0},
         "P": {"copy": 95.0},
-        "L": {"color": 95.0, "left/right": 95.0},
-        "I": {"color": 90.0, "exists-yes": 85.0, "exists-no": 85.0}})
+        "L": {"letter": 95.0, "color": 80.0},
+        "I": {"color": 85.0, "exists-yes": 80.0, "exists-no": 80.0}})
+    tower_lr_scale: float = 0.1   # stage I also tunes tower + projector at this fraction of the LM's rate
     mix: tuple = (0.35, 0.5, 0.6)   # I: colour < .35 <= left/right < .5 <= caption < .6 <= existence
     easy_steps: int = 600
-    c_easy: float = 0.5        # share of object-centred views in stage C
+    c_easy: float = 0.7        # share of object-centred views in stage C
     l_mix: tuple = (0.35, 0.75)   # L: letter lookup < .35 <= colour from a sentence < .75 <= left/right
     scene_size: tuple = (800, 600)
     object_px: tuple = (20, 40)
@@ -425,6 +426,20 @@ def _trainable(model, stage: str) -> list:
     return [p for p in params if p.requires_grad]
 
 
+def _groups(model, stage: str, r: "Recipe3") -> list[dict]:
+    """Optimizer groups: the stage's parts at its rate; in stage I also tower + projector at a fraction
+    (shape reading sharpened by the instruction data, as later LLaVA variants tune the tower)."""
+    main = _trainable(model, stage)
+    groups = [{"params": main, "lr": r.lr[stage]}]
+    if stage == "I" and r.tower_lr_scale > 0:
+        m = model.model
+        extra = [p for part in (m.vision_tower, m.multi_modal_projector) for p in part.parameters()]
+        for p in extra:
+            p.requires_grad_(True)
+        groups.append({"params": extra, "lr": r.lr[stage] * r.tower_lr_scale})
+    return groups
+
+
 def _to(b, device):
     if torch.is_tensor(b):
         return b.to(device)
@@ -467,8 +482,9 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                 return {"final": None, "passed": False, "failed_stage": stage, "history": history}
             continue
         table = phrase_table(model, tok).to(device)
-        params = _trainable(model, stage)
-        opt = torch.optim.AdamW(params, lr=r.lr[stage], weight_decay=0.01)
+        groups = _groups(model, stage, r)
+        params = [p for g in groups for p in g["params"]]
+        opt = torch.optim.AdamW(groups, weight_decay=0.01)
         steps = r.steps[stage]
         warm = max(1, steps // 30)
         sched = torch.optim.lr_scheduler.LambdaLR(
