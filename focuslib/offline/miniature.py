@@ -589,15 +589,30 @@ def match_projector_scale(model, pixel_values: torch.Tensor) -> float:
     return k
 
 
+def sgd_step(loss, opt, sched, params, ema, bar, history: list, stage: str, step: int) -> float:
+    """One optimizer step (gradients clipped at 1), the loss EMA on the bar, logged every 25 steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+    bar.set_postfix(loss=f"{ema:.3f}")
+    if (step + 1) % 25 == 0:
+        history.append({"stage": stage, "step": step + 1, "loss": round(ema, 4)})
+    return ema
+
+
 class _Batches(torch.utils.data.IterableDataset):
     """Batches start..steps-1 of a stage, made in a worker process while the model trains."""
 
-    def __init__(self, r: Recipe, stage: str, start: int, processor):
+    def __init__(self, r: Recipe, stage: str, start: int, processor, maker=None):
         self.r, self.stage, self.start, self.processor = r, stage, start, processor
+        self.maker = maker or (lambda r, stage, step, proc: make_batch(r, stage, step, proc))
 
     def __iter__(self):
         for step in range(self.start, self.r.steps[self.stage]):
-            yield step, make_batch(self.r, self.stage, step, self.processor)
+            yield step, self.maker(self.r, self.stage, step, self.processor)
 
 
 def train(out: str | Path, r: Recipe = Recipe(), workers: int = 1, log=print) -> Path:
@@ -642,16 +657,7 @@ def train(out: str | Path, r: Recipe = Recipe(), workers: int = 1, log=print) ->
         bar = tqdm(loader, total=steps - start, desc=f"stage {stage}", file=sys.stderr, mininterval=10)
         ema = None
         for step, batch in bar:
-            loss = _loss(model, stage, batch, tok, head)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{ema:.3f}")
-            if (step + 1) % 25 == 0:
-                history.append({"stage": stage, "step": step + 1, "loss": round(ema, 4)})
+            ema = sgd_step(_loss(model, stage, batch, tok, head), opt, sched, params, ema, bar, history, stage, step)
             if (step + 1) % r.probe_every == 0 or step + 1 == steps:
                 acc = probe(model, r, stage, processor)
                 if acc:

@@ -48,36 +48,30 @@ EXTRA_WORDS = ["top", "bottom", "middle", "center", "left", "right"]   # coarse 
 
 
 @dataclass(frozen=True)
-class Recipe3:
-    """Attempt 3 as data: architecture, per-stage step ceilings, gates (held-out %, all must pass)."""
-    seed: int = 0
+class Recipe3(M.Recipe):
+    """Attempt 3 as data: miniature.Recipe's world and widths (a smaller LM), per-stage step ceilings,
+    gates (held-out %, all must pass) and the new stages' knobs."""
     lm_hidden: int = 128
     lm_layers: int = 6
     lm_heads: int = 4
-    vision_hidden: int = 128
-    vision_layers: int = 4
-    embed_std: float = 1.0
-    tau: float = 0.07
-    shape_px: float = 6.0      # a shape narrower than this (input px) is "some shape of this colour"
     steps: dict = field(default_factory=lambda: {"C": 900, "P": 750, "L": 1500, "I": 2400})      # ceilings
-    min_steps: dict = field(default_factory=lambda: {"C": 900, "P": 300, "L": 300, "I": 1500})   # before a gate may end a stage
     batch: dict = field(default_factory=lambda: {"C": 32, "P": 32, "L": 32, "I": 32})
     lr: dict = field(default_factory=lambda: {"C": 2e-3, "P": 1e-3, "L": 1e-3, "I": 1e-3})
+    mix: tuple = (0.35, 0.5, 0.6)   # I: colour < .35 <= left/right < .5 <= caption < .6 <= existence
+    probe_every: int = 150
+    min_steps: dict = field(default_factory=lambda: {"C": 900, "P": 300, "L": 300, "I": 1500})   # before a gate may end a stage
     gates: dict = field(default_factory=lambda: {
         "C": {"region phrase": 40.0, "patch colour": 75.0},
         "P": {"copy": 95.0},
         "L": {"letter": 95.0, "color": 80.0},
         "I": {"color": 85.0, "exists-yes": 80.0, "exists-no": 80.0}})
+    embed_std: float = 1.0
+    tau: float = 0.07
+    shape_px: float = 6.0      # a shape narrower than this (input px) is "some shape of this colour"
     tower_lr_scale: float = 0.1   # stage I also tunes tower + projector at this fraction of the LM's rate
-    mix: tuple = (0.35, 0.5, 0.6)   # I: colour < .35 <= left/right < .5 <= caption < .6 <= existence
     easy_steps: int = 600
     c_easy: float = 0.7        # share of object-centred views in stage C
     l_mix: tuple = (0.35, 0.75)   # L: letter lookup < .35 <= colour from a sentence < .75 <= left/right
-    scene_size: tuple = (800, 600)
-    object_px: tuple = (20, 40)
-    n_objects: tuple = (4, 10)
-    checkpoint_every: int = 100
-    probe_every: int = 150
     budget_s: float = 90 * 60   # the whole recipe's training wall-clock ceiling
 
 
@@ -450,13 +444,8 @@ def gate_passed(acc: dict, gate: dict) -> bool:
     return all(acc.get(k, 0.0) >= v for k, v in gate.items())
 
 
-class _Batches(torch.utils.data.IterableDataset):
-    def __init__(self, r, stage, start, processor):
-        self.r, self.stage, self.start, self.processor = r, stage, start, processor
-
-    def __iter__(self):
-        for step in range(self.start, self.r.steps[self.stage]):
-            yield step, MAKERS[self.stage](self.r, step, self.processor)
+def _make(r, stage, step, processor):
+    return MAKERS[stage](r, step, processor)
 
 
 def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, device: str = "cpu") -> dict:
@@ -498,7 +487,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
             start = state["step"]
             log(f"stage {stage}: resuming at step {start}")
         model.train()
-        loader = torch.utils.data.DataLoader(_Batches(r, stage, start, processor), batch_size=None,
+        loader = torch.utils.data.DataLoader(M._Batches(r, stage, start, processor, _make), batch_size=None,
                                              num_workers=workers, persistent_workers=False)
         bar = tqdm(loader, total=steps - start, desc=f"stage {stage}", file=sys.stderr, mininterval=10)
         ema, passed, acc, t0 = None, False, {}, time.time()
@@ -510,15 +499,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                 kw = {"pixel_values": b["pixel_values"]} if "pixel_values" in b else {}
                 loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
                              **kw).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{ema:.3f}")
-            if (step + 1) % 25 == 0:
-                history.append({"stage": stage, "step": step + 1, "loss": round(ema, 4)})
+            ema = M.sgd_step(loss, opt, sched, params, ema, bar, history, stage, step)
             last = step + 1 == steps or time.time() - t_start > r.budget_s
             if (step + 1) % r.probe_every == 0 or last:
                 model.eval()
