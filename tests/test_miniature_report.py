@@ -109,3 +109,20 @@ def test_verdict_says_met_only_when_the_numbers_meet_the_goals():
     rep["existence"].update({"positives": 100.0, "absent": 80.0})
     assert not R.goals(rep)["existence"][1] and "85.0%" in R.goals(rep)["existence"][0]
     assert "Bottom line" in R.verdict(_report(van=24.0, ora=27.0, focus=25.0, rnd=24.0, loc_preset=3.0))
+
+
+def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
+    import json
+    rep = _report(van=30.0, ora=97.0, focus=70.0, rnd=40.0, loc_preset=60.0)
+    rep["benchmark"] = "synthetic"
+    rep["localization"]["n"] = {"shape name": 10}
+    rep["existence"]["n"] = {"positives": 10, "absent": 30}
+    hist = [{"stage": "C", "seconds": 12.5}, {"stage": "I", "step": 25, "loss": 0.5},
+            {"stage": "I", "step": 150, "probe": {"color": 90.0}}]
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist,
+                                                        "recipe": {"lm_layers": 6, "steps": {"C": 9}}}))
+    card = R.model_card(tmp_path, rep)
+    assert "attempt-3" in card and "miniature3.py" in card and '"C": 12.5' in card and "T LM pre-training" not in card
+    assert "7 of 7 met" in card and '{"color": 90.0}' in card
+    (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
+    assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)

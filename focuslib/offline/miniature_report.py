@@ -320,10 +320,7 @@ def model_card(model: str | Path, rep: dict) -> str:
         "**Data.** Generated on the fly, deterministic by seed: 800 x 600 scenes with 4-9 shapes of 20-40 px "
         "(half the benchmark's scale), viewed through the whole scene, windows around an object at 1.3-14 x its "
         "size, and random windows, each padded to square and resized to 96 px by the real processor path.",
-        "**Recipe** (`make miniature`, `focuslib/offline/miniature.py`, decisions D23): V vision-tower pre-training "
-        "(multi-label colour/shape classification, max-pooled patch head) -> T LM pre-training on word scenes "
-        "(the image positions carry word embeddings) -> A projector alignment on captions (LM and tower frozen) -> "
-        "I instruction tuning (projector + LM). Steps " + json.dumps(r.get("steps")) + ", batch sizes "
+        recipe_text(meta) + " Steps " + json.dumps(r.get("steps")) + ", batch sizes "
         + json.dumps(r.get("batch")) + ", AdamW, learning rates " + json.dumps(r.get("lr"))
         + ", cosine schedule, seed " + str(r.get("seed")) + ". Final losses (EMA): "
         + ", ".join(f"{h['stage']}@{h['step']} {h['loss']}" for h in hist[-3:]) + "."
@@ -376,6 +373,27 @@ def goals(rep: dict) -> dict[str, tuple[str, bool]]:
             out[f"V-V vs K-K, random ({kind})"] = (
                 f"hit@1 by its {kind}: V-V {hit}% vs K-K {kk}% and random {rnd}%", hit > max(kk, rnd))
     return out
+
+
+def recipe_text(meta: dict) -> str:
+    """The card's recipe paragraph for the recipe that made the model (attempt-1/2 or attempt-3)."""
+    if meta.get("recipe_name") == "attempt-3":
+        hist = meta.get("history", [])
+        secs = {h["stage"]: h["seconds"] for h in hist if "seconds" in h}
+        return ("**Recipe** attempt-3 (`make miniature RECIPE=attempt-3`, `focuslib/offline/miniature3.py`, decisions "
+                "D37), stages gated by held-out probes: C region-phrase contrastive pre-training of tower + projector "
+                "against the LM's frozen unit-scale word embeddings (CLIP's softmax over the 48 colour-shape phrases "
+                "and 'background', per patch and per object region; the grounding signal is where each named object "
+                "is) -> P copy pre-training of the LM (random word sequences repeated: the induction heads a text "
+                "pre-training gives) -> L text-only letter curriculum (colour word -> option letter, colour of a "
+                "named shape from a sentence, left/right from a sentence, the ICL prompt) -> I instruction tuning on "
+                "images (colour with lettered options, left/right, existence with hard negatives, captions naming "
+                "objects with coarse positions, ICL; LM at the stage's rate, tower + projector at 0.1x; word "
+                "embeddings never trained). Seconds per stage: " + json.dumps(secs) + ".")
+    return ("**Recipe** (`make miniature`, `focuslib/offline/miniature.py`, decisions D23): V vision-tower pre-training "
+            "(multi-label colour/shape classification, max-pooled patch head) -> T LM pre-training on word scenes "
+            "(the image positions carry word embeddings) -> A projector alignment on captions (LM and tower frozen) -> "
+            "I instruction tuning (projector + LM).")
 
 
 def verdict(rep: dict) -> str:
