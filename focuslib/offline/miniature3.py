@@ -54,7 +54,7 @@ class Recipe3(M.Recipe):
     lm_hidden: int = 128
     lm_layers: int = 6
     lm_heads: int = 4
-    steps: dict = field(default_factory=lambda: {"C": 900, "P": 750, "L": 1500, "I": 2400})      # ceilings
+    steps: dict = field(default_factory=lambda: {"C": 900, "P": 1000, "L": 1500, "I": 2400})     # ceilings
     batch: dict = field(default_factory=lambda: {"C": 32, "P": 32, "L": 32, "I": 32})
     lr: dict = field(default_factory=lambda: {"C": 2e-3, "P": 1e-3, "L": 1e-3, "I": 1e-3})
     mix: tuple = (0.35, 0.5, 0.6)   # I: colour < .35 <= left/right < .5 <= caption < .6 <= existence
@@ -62,7 +62,7 @@ class Recipe3(M.Recipe):
     min_steps: dict = field(default_factory=lambda: {"C": 900, "P": 300, "L": 300, "I": 1500})   # before a gate may end a stage
     gates: dict = field(default_factory=lambda: {
         "C": {"region phrase": 40.0, "patch colour": 75.0},
-        "P": {"copy": 95.0},
+        "P": {"copy": 90.0},
         "L": {"letter": 95.0, "color": 80.0},
         "I": {"color": 85.0, "exists-yes": 80.0, "exists-no": 80.0}})
     embed_std: float = 1.0
