@@ -151,3 +151,16 @@ def test_a_passed_recipe_ships_a_model_the_llava_adapter_loads(tmp_path):
     assert mllm.family == "llava-1.5" and mllm.grid == M.GRID
     out = mllm.existence_logits([synthetic.generate(1, seed=5)[0].image], "red star")
     assert out.shape[-1] == 2 and torch.isfinite(out).all()
+
+
+def test_a_missed_last_gate_still_saves_the_model_but_marks_it(tmp_path, monkeypatch):
+    real = M3.probe_lm
+    monkeypatch.setattr(M3, "probe_lm", lambda m, r, stage, proc, n=4: {"color": 10.0} if stage == "I"
+                        else real(m, r, stage, proc, n=1))
+    r = _micro(gates={"C": {}, "P": {}, "L": {}, "I": {"color": 85.0}})
+    res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    assert not res["passed"] and res["failed_stage"] == "I" and res["final"].exists()
+    meta = json.loads((res["final"] / "focuslib.json").read_text())
+    assert meta["gates_passed"] is False
+    assert M3.main(["--out", str(tmp_path), "--scale", "0.001", "--ship", str(tmp_path / "shipped")]) == 3
+    assert not (tmp_path / "shipped").exists()   # a model that missed a gate is never shipped

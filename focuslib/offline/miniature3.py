@@ -466,7 +466,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         if done.exists():
             state = torch.load(done, weights_only=False)
             model.load_state_dict(state["model"])
-            if not state.get("passed", True):
+            if not state.get("passed", True) and stage != STAGES[-1]:
                 log(f"stage {stage} missed its gate earlier: recipe stopped")
                 return {"final": None, "passed": False, "failed_stage": stage, "history": history}
             continue
@@ -529,13 +529,23 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         ck.unlink(missing_ok=True)
         hist_path.write_text(json.dumps(history))
         log(f"stage {stage} ended at step {step + 1}, gate {'PASSED' if passed else 'MISSED'}: {acc}")
-        if not passed:
+        if not passed and stage != STAGES[-1]:
             return {"final": None, "passed": False, "failed_stage": stage, "history": history}
-    final = M.save(model.to("cpu"), processor, out / "final", r, history)
+    # every stage ran: the model is saved (and measured) even when the last gate was missed -- a failed recipe
+    # is a result too -- but only a model whose gates all passed may be shipped (main --ship)
+    passed = all(h["passed"] for h in history if "passed" in h and h["stage"] in STAGES)
+    final = export(model, processor, out, r, history, passed)
+    return {"final": final, "passed": passed, "history": history,
+            **({} if passed else {"failed_stage": STAGES[-1]})}
+
+
+def export(model, processor, out: Path, r: Recipe3, history: list, passed: bool) -> Path:
+    """`out/final`: save_pretrained + processor + focuslib.json (recipe, history, whether every gate passed)."""
+    final = M.save(model.to("cpu"), processor, Path(out) / "final", r, history)
     meta = json.loads((final / "focuslib.json").read_text())
-    meta.update({"system": "", "recipe_name": "attempt-3"})
+    meta.update({"system": "", "recipe_name": "attempt-3", "gates_passed": passed})
     (final / "focuslib.json").write_text(json.dumps(meta, indent=0))
-    return {"final": final, "passed": True, "history": history}
+    return final
 
 
 def main(argv=None) -> int:
@@ -560,7 +570,8 @@ def main(argv=None) -> int:
                 checkpoint_every=max(1, int(base.checkpoint_every * min(1.0, a.scale))))
     t0 = time.time()
     res = train(a.out, r, workers=a.workers, device=a.device)
-    print(f"trained in {time.time() - t0:.0f} s; gates {'passed' if res['passed'] else 'MISSED at stage ' + res['failed_stage']}")
+    print(f"trained in {time.time() - t0:.0f} s; gates {'passed' if res['passed'] else 'MISSED at stage ' + res['failed_stage']}"
+          + (f"; model in {res['final']}" if res["final"] else ""))
     if a.ship and res["passed"]:
         dst = Path(a.ship)
         if dst.exists():
