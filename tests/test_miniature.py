@@ -183,7 +183,8 @@ def test_shipped_miniature_is_the_embedded_default_and_says_what_it_is():
     card = (SHIPPED_MINIATURE / "README.md").read_text()
     rep = json.loads((SHIPPED_MINIATURE / "report.json").read_text())
     # the card carries the measured numbers and the verdict computed from them
-    assert "Goals of issue 7" in card and str(rep["accuracy"]["vanilla"]["direct_attributes"]) in card
+    assert "Goals of issue 16" in card and str(rep["accuracy"]["vanilla"]["direct_attributes"]) in card
+    assert meta["recipe_name"] == "attempt-3" and "miniature3.py" in card
     assert sum(p.stat().st_size for p in SHIPPED_MINIATURE.iterdir()) < 20e6
 
 
@@ -193,7 +194,7 @@ def test_shipped_miniature_answers_in_the_benchmark_formats():
     from focuslib.offline import synthetic
     from focuslib.models import load_mllm
     mllm = load_mllm(str(SHIPPED_MINIATURE))
-    assert mllm.grid == 12 and mllm.num_layers == 8
+    assert mllm.grid == 12 and mllm.num_layers == 6
     items = synthetic.generate(6, seed=1000)
     for it in items:
         ans = mllm.generate([it.image], it.text).strip()

@@ -109,6 +109,10 @@ def test_verdict_says_met_only_when_the_numbers_meet_the_goals():
     rep["existence"].update({"positives": 100.0, "absent": 80.0})
     assert not R.goals(rep)["existence"][1] and "85.0%" in R.goals(rep)["existence"][0]
     assert "Bottom line" in R.verdict(_report(van=24.0, ora=27.0, focus=25.0, rnd=24.0, loc_preset=3.0))
+    yes_to_all = _report(van=44.0, ora=100.0, focus=46.0, rnd=47.0, loc_preset=4.0)
+    yes_to_all["existence"].update({"absent": 1.1})
+    v = R.verdict(yes_to_all)
+    assert "does not recover it: its existence answers ignore the shape name (Yes on 98.9% of absent" in v
 
 
 def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):

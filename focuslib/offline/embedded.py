@@ -1,7 +1,7 @@
 """The embedded default model and the model aliases every command accepts.
 
 `--model tiny` is the miniature LLaVA-1.5 shipped in data/models/miniature-llava-1.5 when it is there (trained on
-this CPU on the synthetic world, answers at chance, see its card), else the random-weight tiny LLaVA-1.5 built
+this CPU on the synthetic world: reads colours off crops, but FOCUS does not help it, see its card), else the random-weight tiny LLaVA-1.5 built
 offline; `random-tiny` is always the latter; models.HUB_IDS names the paper's checkpoints."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def embedded_default() -> tuple[str, str | None]:
     """Path of the embedded default model and a warning to print with it (None if none is due).
 
     A miniature LLaVA-1.5 trained by `make miniature` becomes the default once it is shipped in
-    data/models/miniature-llava-1.5 (issue 7: attempt 1 is shipped; it answers at chance, see its card);
+    data/models/miniature-llava-1.5 (issue 16: attempt 3 is shipped; what it can do is in its card);
     without it the random-weight tiny LLaVA-1.5 is built offline, and the warning says its answers are noise."""
     if (SHIPPED_MINIATURE / "config.json").exists():
         return str(SHIPPED_MINIATURE), None
