@@ -302,7 +302,7 @@ _BASE_WORDS = ("USER ASSISTANT : ? . , ; ( ) ' Yes No nothing background Is is t
                "Describe briefly Targets Question and all").split()
 
 
-def build_tokenizer():
+def build_tokenizer(extra_words: tuple = ()):
     """Word-level tokenizer (words and single punctuation marks) with LLaVA-1.5's special tokens.
 
     Covers every word of the prompts (chat format, questions, options, the ICL prompt); other words
@@ -316,6 +316,7 @@ def build_tokenizer():
     for w, _ in pre.pre_tokenize_str(icl_prompt("What is the color of the star?")):
         if w not in words:
             words.append(w)
+    words += [w for w in dict.fromkeys(extra_words) if w not in words]   # appended: earlier ids never move
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     vocab = {w: i for i, w in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -328,12 +329,12 @@ def build_tokenizer():
                                    pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
 
 
-def build_processor():
+def build_processor(extra_words: tuple = ()):
     import transformers as T
     image_processor = T.CLIPImageProcessor(  # LLaVA-1.5's settings at 96 px
         size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE}, do_center_crop=True,
         resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
-    return T.LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=PATCH,
+    return T.LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(extra_words), patch_size=PATCH,
                             vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
@@ -546,6 +547,13 @@ def _inputs(model, stage: str, batch, tokenizer) -> dict:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **kw}
 
 
+def answer_hits(model, inputs: dict, labels: torch.Tensor, eos_id: int) -> list[bool]:
+    """Per row: is every supervised answer token the argmax under teacher forcing (</s> excluded)?"""
+    pred = model(**inputs).logits[:, :-1].argmax(-1)
+    lab = labels[:, 1:]
+    return ((pred == lab) | (lab == -100) | (lab == eos_id)).all(-1).tolist()
+
+
 PROBE_SEED = 7919   # held-out batches: the recipe's seed + this, never seen in training
 
 
@@ -563,10 +571,9 @@ def probe(model, r: Recipe, stage: str, processor, n: int = 4) -> dict[str, floa
     hits: dict[str, list[bool]] = {}
     for step in [*range(n), ICL_EVERY - 1]:
         batch = make_batch(rh, stage, step, processor)
-        pred = model(**_inputs(model, stage, batch, processor.tokenizer)).logits[:, :-1].argmax(-1)
-        lab = batch["labels"][:, 1:]
-        ok = (pred == lab) | (lab == -100) | (lab == processor.tokenizer.eos_token_id)
-        for task, row in zip(batch["tasks"], ok.all(-1).tolist()):
+        rows = answer_hits(model, _inputs(model, stage, batch, processor.tokenizer), batch["labels"],
+                           processor.tokenizer.eos_token_id)
+        for task, row in zip(batch["tasks"], rows):
             hits.setdefault(task, []).append(row)
     model.train(was)
     return {k: round(100 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}

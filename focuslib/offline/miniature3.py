@@ -81,27 +81,7 @@ class Recipe3(M.Recipe):
 
 def build_processor():
     """miniature.build_processor with the coarse-position words added to the vocabulary."""
-    proc = M.build_processor()
-    return _with_words(proc, EXTRA_WORDS)
-
-
-def _with_words(proc, words):
-    import transformers as T
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
-    old = proc.tokenizer
-    vocab = dict(old.get_vocab())
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", vocab["<s>"])])
-    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
-    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                     pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
-    return T.LlavaProcessor(image_processor=proc.image_processor, tokenizer=fast, patch_size=M.PATCH,
-                            vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return M.build_processor(tuple(EXTRA_WORDS))
 
 
 def build_model(r: Recipe3, tokenizer):
@@ -397,10 +377,9 @@ def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
     for step in steps:
         b = MAKERS[stage](r, step, processor, seed_offset=M.PROBE_SEED)
         kw = {"pixel_values": b["pixel_values"]} if "pixel_values" in b else {}
-        pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **kw).logits[:, :-1].argmax(-1)
-        lab = b["labels"][:, 1:]
-        ok = (pred == lab) | (lab == -100) | (lab == processor.tokenizer.eos_token_id)
-        for task, row in zip(b["tasks"], ok.all(-1).tolist()):
+        rows = M.answer_hits(model, {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], **kw},
+                             b["labels"], processor.tokenizer.eos_token_id)
+        for task, row in zip(b["tasks"], rows):
             hits.setdefault(task, []).append(row)
     model.train(was)
     return {k: round(100 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}
