@@ -164,3 +164,19 @@ def test_a_missed_last_gate_still_saves_the_model_but_marks_it(tmp_path, monkeyp
     assert meta["gates_passed"] is False
     assert M3.main(["--out", str(tmp_path), "--scale", "0.001", "--ship", str(tmp_path / "shipped")]) == 3
     assert not (tmp_path / "shipped").exists()   # a model that missed a gate is never shipped
+
+
+def test_existence_shares_choose_the_kind_of_question():
+    r = M3.Recipe3()
+    rng = np.random.default_rng(2)
+    answers = {(1.0, 1.0): set(), (0.0, 1.0): set()}
+    for _ in range(40):
+        _, objs = M.make_scene(rng, r, render=False)
+        seen = M.seen_objects(objs, M3.easy_window(rng, r, objs))
+        if not any(s.frac >= 0.5 for s in seen):
+            continue
+        for shares in answers:
+            qa = M.existence_question(rng, seen, shares)
+            if qa:
+                answers[shares].add(qa[1])
+    assert answers[(1.0, 1.0)] == {"Yes"} and answers[(0.0, 1.0)] == {"No"}

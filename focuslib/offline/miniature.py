@@ -182,8 +182,10 @@ def caption(seen: list[Seen]) -> str:
     return " , ".join(s.name for s in vis) if vis else "nothing"
 
 
-def existence_question(rng: np.random.Generator, seen: list[Seen]) -> tuple[str, str] | None:
-    """'Is there a {target} in the image?' -> Yes / No: positives 50%, absent 25%, hard negatives 25%.
+def existence_question(rng: np.random.Generator, seen: list[Seen],
+                       shares: tuple = (0.5, 0.75)) -> tuple[str, str] | None:
+    """'Is there a {target} in the image?' -> Yes / No: positives < shares[0] <= absent shape < shares[1] <=
+    hard negatives (default 50 / 25 / 25%).
 
     Targets are a shape ("star") or a colour-shape ("red star"). Objects cut by the window (< half
     inside) make their names ambiguous; those are never asked about."""
@@ -202,10 +204,10 @@ def existence_question(rng: np.random.Generator, seen: list[Seen]) -> tuple[str,
 
     u = rng.random()
     with_color = rng.random() < 0.5
-    if u < 0.5 and vis:
+    if u < shares[0] and vis:
         s = vis[rng.integers(len(vis))]
         c, sh = (s.obj.color if with_color else None), s.obj.shape
-    elif u < 0.75 or not seen:
+    elif u < shares[1] or not seen:
         absent = [sh for sh in SHAPES if all(s.obj.shape != sh for s in seen)]
         if not absent:
             return None

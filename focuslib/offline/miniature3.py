@@ -72,6 +72,7 @@ class Recipe3(M.Recipe):
     easy_steps: int = 600
     c_easy: float = 0.7        # share of object-centred views in stage C
     l_mix: tuple = (0.35, 0.75)   # L: letter lookup < .35 <= colour from a sentence < .75 <= left/right
+    exist_shares: tuple = (0.5, 0.75)   # I's existence items: positives < .5 <= absent shape < .75 <= hard negatives
     budget_s: float = 90 * 60   # the whole recipe's training wall-clock ceiling
 
 
@@ -321,7 +322,7 @@ def make_i_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
                 qa = (M.CAPTION, position_caption(seen))
             for _ in range(4):
                 if qa is None:
-                    qa = M.existence_question(rng, seen)
+                    qa = M.existence_question(rng, seen, r.exist_shares)
             if qa is None:
                 continue
             images.append(pad_to_square(img.crop(win), M.processor_fill(processor))[0])
