@@ -223,6 +223,14 @@ def existence_question(rng: np.random.Generator, seen: list[Seen],
     return (EXISTENCE.format(target=name(c, sh)), lab) if lab else None
 
 
+def colour_options(rng: np.random.Generator, colour: str) -> tuple[list[str], str]:
+    """Four colour options in random order (the right one and three others) and the right one's letter."""
+    wrong = [c for c in rng.permutation(COLORS) if c != colour][:3]
+    options = [colour, *wrong]
+    perm = rng.permutation(4)
+    return [options[i] for i in perm], synthetic.LETTERS[int(np.flatnonzero(perm == 0)[0])]
+
+
 def color_question(rng: np.random.Generator, seen: list[Seen], scene: list[Obj]) -> tuple[str, str] | None:
     """The benchmark's direct_attributes question about a shape unique in the scene and visible."""
     counts = {sh: sum(o.shape == sh for o in scene) for sh in SHAPES}
@@ -230,11 +238,7 @@ def color_question(rng: np.random.Generator, seen: list[Seen], scene: list[Obj])
     if not vis:
         return None
     s = vis[rng.integers(len(vis))]
-    wrong = [c for c in rng.permutation(COLORS) if c != s.obj.color][:3]
-    options = [s.obj.color, *wrong]
-    perm = rng.permutation(4)
-    shown = [options[i] for i in perm]
-    letter = synthetic.LETTERS[int(np.flatnonzero(perm == 0)[0])]
+    shown, letter = colour_options(rng, s.obj.color)
     return synthetic._format_text(f"What is the color of the {s.obj.shape}?", shown), letter
 
 

@@ -135,24 +135,32 @@ def region_targets(seen: list, shape_px: float) -> list[tuple[torch.Tensor, int]
     return out
 
 
-def contrastive_loss(model, pixel_values, targets, table, tau, regions=None):
-    """(loss, patch logits [B, 144, 49]): CLIP's softmax over phrases, for patches and for object regions.
+def projected_patches(model, pixel_values) -> torch.Tensor:
+    """[B, 144, d]: the image tokens the LM reads (tower's last layer without CLS, through the projector)."""
+    feats = model.model.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
+    return model.model.multi_modal_projector(feats)
+
+
+def region_logits(p, regions, table, tau) -> torch.Tensor:
+    """[R, 49]: each object's coverage-weighted mean of projected patches against every phrase."""
+    W = regions["weights"]                                      # [R, 144]
+    pooled = torch.einsum("rn,rnd->rd", W, p[regions["view"]]) / W.sum(-1, keepdim=True)
+    return F.normalize(pooled, dim=-1) @ F.normalize(table, dim=-1).T / tau
+
+
+def contrastive_loss(p, targets, table, tau, regions=None):
+    """(loss, patch logits [B, 144, 49]) of projected patches `p`: CLIP's softmax over phrases, for patches
+    and for object regions.
 
     Patches: cross-entropy against the soft coverage targets, object patches weighted x5. Regions: the
     coverage-weighted mean of an object's projected patches against its phrase (a (region, phrase) pair,
     as region-level CLIP pre-training); shape is a property of the whole region, not of one 8 px patch."""
-    feats = model.model.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
-    p = model.model.multi_modal_projector(feats)
-    tn = F.normalize(table, dim=-1)
-    logits = F.normalize(p, dim=-1) @ tn.T / tau   # [B, 144, 49]
+    logits = F.normalize(p, dim=-1) @ F.normalize(table, dim=-1).T / tau   # [B, 144, 49]
     ce = -(targets * logits.log_softmax(-1)).sum(-1)
     w = 1 + 4 * (1 - targets[..., BG])
     loss = (ce * w).sum() / w.sum()
     if regions is not None and len(regions["phrase"]):
-        W = regions["weights"]                                      # [R, 144]
-        pooled = torch.einsum("rn,rnd->rd", W, p[regions["view"]]) / W.sum(-1, keepdim=True)
-        rl = F.normalize(pooled, dim=-1) @ tn.T / tau
-        loss = loss + F.cross_entropy(rl, regions["phrase"])
+        loss = loss + F.cross_entropy(region_logits(p, regions, table, tau), regions["phrase"])
     return loss, logits
 
 
@@ -184,14 +192,11 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
     ok_phrase, ok_colour, ok_bg, ok_region = [], [], [], []
     for step in range(n):
         b = make_c_batch(r, step, processor, seed_offset=M.PROBE_SEED)
-        _, logits = contrastive_loss(model, b["pixel_values"], b["targets"], table, r.tau)
+        p = projected_patches(model, b["pixel_values"])
+        _, logits = contrastive_loss(p, b["targets"], table, r.tau)
         reg = b["regions"]
         if len(reg["phrase"]):
-            p = model.model.multi_modal_projector(model.model.vision_tower(
-                pixel_values=b["pixel_values"], output_hidden_states=True).hidden_states[-1][:, 1:])
-            pooled = torch.einsum("rn,rnd->rd", reg["weights"], p[reg["view"]])
-            ok_region += ((F.normalize(pooled, dim=-1) @ F.normalize(table, dim=-1).T).argmax(-1)
-                          == reg["phrase"]).tolist()
+            ok_region += (region_logits(p, reg, table, r.tau).argmax(-1) == reg["phrase"]).tolist()
         pred = logits.argmax(-1)
         t = b["targets"]
         obj = t[..., :BG]
@@ -223,22 +228,13 @@ def make_l_items(rng: np.random.Generator, n: int, l_mix: tuple = (0.35, 0.75)) 
         shapes = [M.SHAPES[i] for i in rng.permutation(len(M.SHAPES))[:int(rng.integers(1, 4))]]
         colors = [M.COLORS[i] for i in rng.integers(0, len(M.COLORS), len(shapes))]
         if u < l_mix[0]:   # the option-letter lookup alone: a colour word -> the letter of that option
-            c = colors[0]
-            wrong = [x for x in rng.permutation(M.COLORS) if x != c][:3]
-            opts = [c, *wrong]
-            perm = rng.permutation(4)
-            shown = [opts[j] for j in perm]
-            letter = synthetic.LETTERS[int(np.flatnonzero(perm == 0)[0])]
-            prompts.append(_text_prompt(c + " .", synthetic._format_text("", shown).lstrip("\n")))
+            shown, letter = M.colour_options(rng, colors[0])
+            prompts.append(_text_prompt(colors[0] + " .", synthetic._format_text("", shown).lstrip("\n")))
             answers.append(" " + letter), tasks.append("letter")
         elif u < l_mix[1]:   # colour of a named shape, read from a sentence
             facts = " . ".join(f"the {s} is {c}" for s, c in zip(shapes, colors)) + " ."
             i = int(rng.integers(len(shapes)))
-            wrong = [c for c in rng.permutation(M.COLORS) if c != colors[i]][:3]
-            opts = [colors[i], *wrong]
-            perm = rng.permutation(4)
-            shown = [opts[j] for j in perm]
-            letter = synthetic.LETTERS[int(np.flatnonzero(perm == 0)[0])]
+            shown, letter = M.colour_options(rng, colors[i])
             q = synthetic._format_text(f"What is the color of the {shapes[i]}?", shown)
             prompts.append(_text_prompt(facts, q)), answers.append(" " + letter), tasks.append("color")
         else:         # left / right of two named objects, read from a sentence
@@ -336,10 +332,6 @@ def make_i_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
 
 
 # --------------------------------------------------------------------------------------------------
-# training
-
-
-# --------------------------------------------------------------------------------------------------
 # stage P: LM pre-training on copying
 
 
@@ -364,6 +356,10 @@ def make_p_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
 MAKERS = {"C": make_c_batch, "P": make_p_batch, "L": make_l_batch, "I": make_i_batch}
 
 
+# --------------------------------------------------------------------------------------------------
+# training
+
+
 @torch.no_grad()
 def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
     """Held-out per-task accuracy (%), teacher-forced, whole answer right (</s> excluded)."""
@@ -377,9 +373,8 @@ def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
         steps = [r.easy_steps + s for s in range(n)] + [M.ICL_EVERY - 1]   # probe the full (not easy) views
     for step in steps:
         b = MAKERS[stage](r, step, processor, seed_offset=M.PROBE_SEED)
-        kw = {"pixel_values": b["pixel_values"]} if "pixel_values" in b else {}
-        rows = M.answer_hits(model, {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], **kw},
-                             b["labels"], processor.tokenizer.eos_token_id)
+        rows = M.answer_hits(model, M._inputs(model, stage, b, processor.tokenizer), b["labels"],
+                             processor.tokenizer.eos_token_id)
         for task, row in zip(b["tasks"], rows):
             hits.setdefault(task, []).append(row)
     model.train(was)
@@ -474,11 +469,10 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         for step, b in bar:
             b = _to(b, device)
             if stage == "C":
-                loss, _ = contrastive_loss(model, b["pixel_values"], b["targets"], table, r.tau, b["regions"])
+                loss, _ = contrastive_loss(projected_patches(model, b["pixel_values"]), b["targets"], table, r.tau,
+                                           b["regions"])
             else:
-                kw = {"pixel_values": b["pixel_values"]} if "pixel_values" in b else {}
-                loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
-                             **kw).loss
+                loss = model(**M._inputs(model, stage, b, tok), labels=b["labels"]).loss
             ema = M.sgd_step(loss, opt, sched, params, ema, bar, history, stage, step)
             last = step + 1 == steps or time.time() - t_start > r.budget_s
             if (step + 1) % r.probe_every == 0 or last:
