@@ -166,3 +166,15 @@ def test_bad_inputs():
         make_item(rng, "OCR", size=SIZE)
     with pytest.raises(ValueError):
         make_item(rng, "direct_attributes", size=(100, 100))
+
+
+def test_every_colour_option_is_in_the_image_unless_turned_off():
+    """D38: the wrong options' colours are on distractors, so elimination by absent colours is impossible."""
+    on = [i for i in generate(24, seed=3) if i.category == "direct_attributes"]
+    for it in on:
+        shown = {d["color"] for d in it.distractors} | {it.options[LETTERS.index(it.label)]}
+        assert set(it.options) <= shown, it.question_id
+        assert all(d["shape"] != it.target_objects[0] for d in it.distractors)
+    off = [i for i in generate(24, seed=3, options_in_image=False) if i.category == "direct_attributes"]
+    assert any(not set(it.options) <= {d["color"] for d in it.distractors} | {it.options[LETTERS.index(it.label)]}
+               for it in off)

@@ -185,8 +185,13 @@ def make_item(
     target_px: tuple[int, int] = (40, 80),
     n_distractors: tuple[int, int] = (4, 8),
     question_id: str = "0",
+    options_in_image: bool = True,
 ) -> SyntheticItem:
-    """One synthetic record of `category`; all randomness comes from `rng`."""
+    """One synthetic record of `category`; all randomness comes from `rng`.
+
+    options_in_image: direct_attributes' wrong colour options are drawn on distractors (placed before the
+    others, so a crowded canvas drops the others first): every option's colour is somewhere in the image,
+    and the answer cannot be found by eliminating colours the image lacks (decisions D38)."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
     W, H = int(size[0]), int(size[1])
@@ -247,13 +252,21 @@ def make_item(
     # distractors: same size range as targets, so size gives nothing away
     distractors = []
     allowed = [(sh, co) for sh in SHAPES for co in colors if not forbidden(sh, co)]
+    must = list(wrong) if category == "direct_attributes" and options_in_image else []
     for _ in range(int(rng.integers(n_distractors[0], n_distractors[1] + 1))):
-        sh, co = allowed[rng.integers(len(allowed))]
+        if must:   # popped once placed: a failed placement retries the same colour
+            co = must[0]
+            shapes = [sh for sh in SHAPES if not forbidden(sh, co)]
+            sh = shapes[rng.integers(len(shapes))]
+        else:
+            sh, co = allowed[rng.integers(len(allowed))]
         s = _sample_size(rng, target_px)
         xy = _place(rng, (W, H), s, taken, tries=50)
         if xy is None:  # crowded small canvas: fewer distractors rather than failure
             continue
         taken.append((*xy, s, s))
+        if must and co == must[0]:
+            must.pop(0)
         distractors.append({"shape": sh, "color": co, "bbox": _draw(img, sh, co, xy, s)})
 
     return SyntheticItem(
@@ -277,6 +290,7 @@ def generate(
     categories: Sequence[str] = CATEGORIES,
     target_px: tuple[int, int] = (40, 80),
     n_distractors: tuple[int, int] = (4, 8),
+    options_in_image: bool = True,
 ) -> list[SyntheticItem]:
     """`n` items, categories alternating; item i uses its own Generator seeded by (seed, i),
     so `generate(5)` is a prefix of `generate(10)`."""
@@ -288,6 +302,7 @@ def generate(
             target_px=target_px,
             n_distractors=n_distractors,
             question_id=str(i),
+            options_in_image=options_in_image,
         )
         for i in range(n)
     ]
