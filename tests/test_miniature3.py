@@ -180,3 +180,35 @@ def test_existence_shares_choose_the_kind_of_question():
             if qa:
                 answers[shares].add(qa[1])
     assert answers[(1.0, 1.0)] == {"Yes"} and answers[(0.0, 1.0)] == {"No"}
+
+
+def test_roi_windows_are_focus_crop_sized_and_hold_an_object_whole():
+    r = M3.Recipe3()
+    rng = np.random.default_rng(5)
+    cell = max(r.scene_size) / M.GRID
+    sides = {min(int(cell * k), min(r.scene_size)) for k in (3, 4, 5)}
+    for _ in range(60):
+        _, objs = M.make_scene(rng, r, render=False)
+        x0, y0, x1, y1 = M3.roi_window(rng, r, objs)
+        assert x1 - x0 == y1 - y0 and x1 - x0 in sides
+        assert 0 <= x0 and 0 <= y0 and x1 <= r.scene_size[0] and y1 <= r.scene_size[1]
+        assert any(x0 <= o.box[0] and o.box[0] + o.box[2] <= x1 and y0 <= o.box[1] and o.box[1] + o.box[3] <= y1
+                   for o in objs)
+        # at the processor's 96 px the objects of such a view are ~6-20 px: shape must be read there
+        seen = [s for s in M.seen_objects(objs, (x0, y0, x1, y1)) if s.frac == 1.0]
+        assert all(5 <= s.box[2] - s.box[0] <= 20 for s in seen)
+
+
+def test_view_mix_shares_choose_the_stage_c_views(processor, monkeypatch):
+    """c_easy / c_roi pick the view sampler."""
+    calls = []
+    for name in ("easy_window", "roi_window"):
+        f = getattr(M3, name)
+        monkeypatch.setattr(M3, name, lambda rng, r, objs, _f=f, _n=name: calls.append(_n) or _f(rng, r, objs))
+    g = M.sample_window
+    monkeypatch.setattr(M, "sample_window", lambda rng, r, objs: calls.append("general") or g(rng, r, objs))
+    base = replace(M3.Recipe3(), batch={**M3.Recipe3().batch, "C": 8})
+    for c_easy, c_roi, want in [(1.0, 0.0, {"easy_window"}), (0.0, 1.0, {"roi_window"}), (0.0, 0.0, {"general"})]:
+        calls.clear()
+        M3.make_c_batch(replace(base, c_easy=c_easy, c_roi=c_roi), 0, processor)
+        assert set(calls) == want

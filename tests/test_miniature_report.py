@@ -127,6 +127,9 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
                                                         "recipe": {"lm_layers": 6, "steps": {"C": 9}}}))
     card = R.model_card(tmp_path, rep)
     assert "attempt-3" in card and "miniature3.py" in card and '"C": 12.5' in card and "T LM pre-training" not in card
-    assert "7 of 7 met" in card and '{"color": 90.0}' in card
+    assert "7 of 7 met" in card and '{"color": 90.0}' in card and "ROI-scale" not in card
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist, "recipe": {
+        "c_easy": 0.35, "c_roi": 0.45, "i_roi": 0.4}}))
+    assert "35% object-centred, 45% ROI-scale" in R.model_card(tmp_path, rep)
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)

@@ -10,14 +10,17 @@ held-out probes (a stage that misses its gate stops the recipe instead of spendi
      = the sum of the LM's word embeddings of its words, frozen: the LM's own input space is the text
      side); the target is what covers the patch (coverage-weighted; a shape too small to resolve at
      the view's scale spreads over the 6 shapes of its colour). This is LLaVA stage 1's purpose
-     (image tokens in the word-embedding space) with a grounding signal (positions of named objects);
+     (image tokens in the word-embedding space) with a grounding signal (positions of named objects).
+     Views: object-centred, ROI-scale (the size of FOCUS's crops, where the existence check must read
+     shape off objects of ~6-20 input px) and the general mix; gated also on shape at ROI scale;
   L  text-only letter curriculum for the LM: "the star is red . What is the color of the star?
      (A) ... -> B", left/right from a sentence, the ICL target-extraction prompt (short items, ~5x
      cheaper than a 144-token scene; the attempt-2 diagnosis);
-  I  instruction tuning on images (LM only; tower, projector and word embeddings frozen so the
-     alignment of stage C survives): colour with lettered options, left/right, existence Yes/No
+  I  instruction tuning on images (the LM at the stage's rate, tower + projector at `tower_lr_scale` of
+     it, word embeddings frozen so the text side of stage C stays put): colour with lettered options, left/right, existence Yes/No
      (positives, absent, hard negatives), captions naming objects and coarse positions ("red star
-     top left"), ICL and L items every 10th batch; the first `easy_steps` use object-centred views.
+     top left"), ICL and L items every 10th batch; the first `easy_steps` use object-centred views, later
+     steps ROI-scale views (`i_roi`) and the general mix.
 
 Word embeddings are drawn at unit scale (std 1, as models that scale embeddings by sqrt(d)) and never
 trained: the residual stream of every token stays dominated by what the token is, which is what the
@@ -54,14 +57,14 @@ class Recipe3(M.Recipe):
     lm_hidden: int = 128
     lm_layers: int = 6
     lm_heads: int = 4
-    steps: dict = field(default_factory=lambda: {"C": 900, "P": 1000, "L": 1500, "I": 2400})     # ceilings
+    steps: dict = field(default_factory=lambda: {"C": 2400, "P": 1000, "L": 1500, "I": 2400})     # ceilings
     batch: dict = field(default_factory=lambda: {"C": 32, "P": 32, "L": 32, "I": 32})
     lr: dict = field(default_factory=lambda: {"C": 2e-3, "P": 1e-3, "L": 1e-3, "I": 1e-3})
     mix: tuple = (0.35, 0.5, 0.6)   # I: colour < .35 <= left/right < .5 <= caption < .6 <= existence
     probe_every: int = 150
-    min_steps: dict = field(default_factory=lambda: {"C": 900, "P": 300, "L": 300, "I": 1500})   # before a gate may end a stage
+    min_steps: dict = field(default_factory=lambda: {"C": 2400, "P": 300, "L": 300, "I": 1500})   # before a gate may end a stage
     gates: dict = field(default_factory=lambda: {
-        "C": {"region phrase": 40.0, "patch colour": 75.0},
+        "C": {"region phrase": 40.0, "patch colour": 70.0, "roi shape": 50.0},
         "P": {"copy": 90.0},
         "L": {"letter": 95.0, "color": 80.0},
         "I": {"color": 85.0, "exists-yes": 80.0, "exists-no": 80.0}})
@@ -70,7 +73,9 @@ class Recipe3(M.Recipe):
     shape_px: float = 6.0      # a shape narrower than this (input px) is "some shape of this colour"
     tower_lr_scale: float = 0.1   # stage I also tunes tower + projector at this fraction of the LM's rate
     easy_steps: int = 600
-    c_easy: float = 0.7        # share of object-centred views in stage C
+    c_easy: float = 0.35       # share of object-centred views in stage C
+    c_roi: float = 0.45        # share of ROI-scale views in stage C (3-5 cells of the whole image's grid, as FOCUS's crops)
+    i_roi: float = 0.4         # share of ROI-scale views in stage I after its easy steps
     l_mix: tuple = (0.35, 0.75)   # L: letter lookup < .35 <= colour from a sentence < .75 <= left/right
     exist_shares: tuple = (0.5, 0.75)   # I's existence items: positives < .5 <= absent shape < .75 <= hard negatives
     budget_s: float = 90 * 60   # the whole recipe's training wall-clock ceiling
@@ -174,7 +179,9 @@ def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
                 break
             # half the views centred on one object (readable shapes: single-object crops first, as CLIP-style
             # pre-training needs many clear examples), half the general mix (whole scenes, far zooms, random)
-            win = easy_window(rng, r, objs) if objs and rng.random() < r.c_easy else M.sample_window(rng, r, objs)
+            u = rng.random() if objs else 1.0
+            win = (easy_window(rng, r, objs) if u < r.c_easy else roi_window(rng, r, objs) if u < r.c_easy + r.c_roi
+                   else M.sample_window(rng, r, objs))
             seen = M.seen_objects(objs, win)
             images.append(pad_to_square(img.crop(win), M.processor_fill(processor))[0])
             ys.append(patch_targets(seen, r.shape_px))
@@ -208,9 +215,19 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
         colour_mask = main.values >= 0.5
         ok_colour += (((pred // len(M.SHAPES)) == main.indices) & (pred != BG))[colour_mask].tolist()
         ok_bg += (pred == BG)[t[..., BG] >= 0.999].tolist()
+    # shape at the scale of FOCUS's crops: each object's region against the 6 phrases of its own colour
+    roi = replace(r, c_easy=0.0, c_roi=1.0)
+    ok_roi = []
+    for step in range(n):
+        b = make_c_batch(roi, step, processor, seed_offset=M.PROBE_SEED + 1)
+        reg = b["regions"]
+        if len(reg["phrase"]):
+            lg = region_logits(projected_patches(model, b["pixel_values"]), reg, table, r.tau)[:, :BG]
+            lg = lg.view(-1, len(M.COLORS), len(M.SHAPES))[torch.arange(len(lg)), reg["phrase"] // len(M.SHAPES)]
+            ok_roi += (lg.argmax(-1) == reg["phrase"] % len(M.SHAPES)).tolist()
     pct = lambda v: round(100 * float(np.mean(v)), 1) if v else 0.0  # noqa: E731
     return {"region phrase": pct(ok_region), "patch phrase": pct(ok_phrase), "patch colour": pct(ok_colour),
-            "background": pct(ok_bg)}
+            "background": pct(ok_bg), "roi shape": pct(ok_roi)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,6 +308,18 @@ def easy_window(rng, r, objs):
     return (x0, y0, x0 + int(round(side)), y0 + int(round(side)))
 
 
+def roi_window(rng, r, objs, cells: tuple = (3, 5)):
+    """A view the size of FOCUS's ROIs on the whole image (3-5 cells of its 12 x 12 grid) holding one object at a
+    random offset: the scale at which the existence check must read shape (objects ~6-20 px of the 96 px input)."""
+    o = objs[rng.integers(len(objs))]
+    x, y, w, h = o.box
+    W, H = r.scene_size
+    side = min(int(max(W, H) / M.GRID * rng.integers(cells[0], cells[1] + 1)), min(W, H))
+    x0 = int(np.clip(rng.uniform(x + w - side, x), 0, W - side))
+    y0 = int(np.clip(rng.uniform(y + h - side, y), 0, H - side))
+    return (x0, y0, x0 + side, y0 + side)
+
+
 def make_i_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
     rng = np.random.default_rng([r.seed + seed_offset, 12, step])
     if step % M.ICL_EVERY == M.ICL_EVERY - 1:
@@ -306,7 +335,12 @@ def make_i_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
         for _ in range(4):
             if len(prompts) >= r.batch["I"]:
                 break
-            win = easy_window(rng, r, objs) if easy else M.sample_window(rng, r, objs)
+            if easy:
+                win = easy_window(rng, r, objs)
+            elif r.i_roi and rng.random() < r.i_roi:
+                win = roi_window(rng, r, objs)
+            else:
+                win = M.sample_window(rng, r, objs)
             seen = M.seen_objects(objs, win)
             u = rng.random()
             qa = None

@@ -380,6 +380,10 @@ def recipe_text(meta: dict) -> str:
     if meta.get("recipe_name") == "attempt-3":
         hist = meta.get("history", [])
         secs = {h["stage"]: h["seconds"] for h in hist if "seconds" in h}
+        rec = meta.get("recipe", {})
+        views = (f" Stage C views: {rec['c_easy']:.0%} object-centred, {rec['c_roi']:.0%} ROI-scale (the size of "
+                 f"FOCUS's crops), the rest the general mix; stage I after its easy steps {rec['i_roi']:.0%} ROI-scale "
+                 "(decisions D39)." if rec.get("c_roi") else "")
         return ("**Recipe** attempt-3 (`make miniature RECIPE=attempt-3`, `focuslib/offline/miniature3.py`, decisions "
                 "D37), stages gated by held-out probes: C region-phrase contrastive pre-training of tower + projector "
                 "against the LM's frozen unit-scale word embeddings (CLIP's softmax over the 48 colour-shape phrases "
@@ -389,10 +393,11 @@ def recipe_text(meta: dict) -> str:
                 "named shape from a sentence, left/right from a sentence, the ICL prompt) -> I instruction tuning on "
                 "images (colour with lettered options, left/right, existence with hard negatives, captions naming "
                 "objects with coarse positions, ICL; LM at the stage's rate, tower + projector at 0.1x; word "
-                "embeddings never trained). Seconds per stage: " + json.dumps(secs) + "."
+                "embeddings never trained)." + views + " Seconds per stage: " + json.dumps(secs) + "."
                 + (" **Stage I ended below its gate** (held-out colour / existence probes; the gates are in the "
-                   "recipe): every stage ran, so the model was measured and kept; it ships because it meets as many "
-                   "of issue 16's goals as attempt 1 with a far higher oracle-crop accuracy (decisions D37)."
+                   "recipe): every stage ran, so the model was measured and kept; it ships under the shipping rule "
+                   "of decisions D37 (more of issue 16's goals met than the model it replaces, or as many with a "
+                   "higher oracle-crop accuracy)."
                    if meta.get("gates_passed") is False else ""))
     return ("**Recipe** (`make miniature`, `focuslib/offline/miniature.py`, decisions D23): V vision-tower pre-training "
             "(multi-label colour/shape classification, max-pooled patch head) -> T LM pre-training on word scenes "
