@@ -212,3 +212,28 @@ def test_view_mix_shares_choose_the_stage_c_views(processor, monkeypatch):
         calls.clear()
         M3.make_c_batch(replace(base, c_easy=c_easy, c_roi=c_roi), 0, processor)
         assert set(calls) == want
+
+
+def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(processor, monkeypatch):
+    """Planted towers: patches = the phrase of what covers them reads shape at ROI scale; patches that carry
+    only colour (the phrase averaged over the colour's 6 shapes) do not."""
+    r = replace(M3.Recipe3(), batch={**M3.Recipe3().batch, "C": 8})
+    model = M3.build_model(r, processor.tokenizer)
+    table = M3.phrase_table(model, processor.tokenizer)
+    last = {}
+    make = M3.make_c_batch
+
+    def recording(*a, **k):
+        b = make(*a, **k)
+        last["t"] = b["targets"]
+        return b
+
+    monkeypatch.setattr(M3, "make_c_batch", recording)
+    monkeypatch.setattr(M3, "projected_patches", lambda m, pv: last["t"] @ table)
+    assert M3.probe_c(model, r, processor, table, n=2)["roi shape"] >= 90.0
+    blind = table.clone()
+    blind[:M3.BG] = table[:M3.BG].view(len(M.COLORS), len(M.SHAPES), -1).mean(1, keepdim=True).expand(
+        -1, len(M.SHAPES), -1).reshape(M3.BG, -1)
+    monkeypatch.setattr(M3, "projected_patches", lambda m, pv: last["t"] @ blind + 1e-3 * torch.randn(
+        *last["t"].shape[:2], table.shape[1], generator=torch.Generator().manual_seed(0)))
+    assert M3.probe_c(model, r, processor, table, n=2)["roi shape"] <= 40.0   # chance 16.7
