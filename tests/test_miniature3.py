@@ -237,3 +237,35 @@ def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(proces
     monkeypatch.setattr(M3, "projected_patches", lambda m, pv: last["t"] @ blind + 1e-3 * torch.randn(
         *last["t"].shape[:2], table.shape[1], generator=torch.Generator().manual_seed(0)))
     assert M3.probe_c(model, r, processor, table, n=2)["roi shape"] <= 40.0   # chance 16.7
+
+
+def test_an_interrupted_stage_keeps_the_time_spent_before_it(tmp_path, monkeypatch):
+    """A resumed stage's seconds (the card's and the 90-min budget's) include the run before the interruption."""
+    class Clock:   # every reading advances 10 s
+        t = 0.0
+
+        def time(self):
+            Clock.t += 10.0
+            return Clock.t
+
+    monkeypatch.setattr(M3, "time", Clock())
+    monkeypatch.setattr(M3, "probe_c", lambda *a, **k: {})
+    r = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}, budget_s=1e9),
+                steps={"C": 6, "P": 3, "L": 3, "I": 3}, min_steps={"C": 6, "P": 1, "L": 1, "I": 1})
+    real, calls = M.sgd_step, []
+
+    def stop_at_4(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(M, "sgd_step", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    before = torch.load(tmp_path / "stage-C.partial.pt", weights_only=False)["seconds"]
+    assert before >= 30.0
+    monkeypatch.setattr(M, "sgd_step", real)
+    res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    c = next(h for h in res["history"] if h["stage"] == "C" and "seconds" in h)
+    assert c["steps_run"] == 6 and c["seconds"] > before

@@ -487,19 +487,20 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         warm = max(1, steps // 30)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-        start, ck = 0, out / f"stage-{stage}.partial.pt"
+        start, ck, before = 0, out / f"stage-{stage}.partial.pt", 0.0
         if ck.exists():
             state = torch.load(ck, weights_only=False)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
-            start = state["step"]
+            start, before = state["step"], state.get("seconds", 0.0)   # time spent before the interruption counts
+            t_start -= before
             log(f"stage {stage}: resuming at step {start}")
         model.train()
         loader = torch.utils.data.DataLoader(M._Batches(r, stage, start, processor, _make), batch_size=None,
                                              num_workers=workers, persistent_workers=False)
         bar = tqdm(loader, total=steps - start, desc=f"stage {stage}", file=sys.stderr, mininterval=10)
-        ema, passed, acc, t0 = None, False, {}, time.time()
+        ema, passed, acc, t0 = None, False, {}, time.time() - before
         for step, b in bar:
             b = _to(b, device)
             if stage == "C":
@@ -523,7 +524,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
             if (step + 1) % r.checkpoint_every == 0:
                 tmp = ck.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "step": step + 1}, tmp)
+                            "step": step + 1, "seconds": time.time() - t0}, tmp)
                 tmp.replace(ck)
                 hist_path.write_text(json.dumps(history))
         history.append({"stage": stage, "seconds": round(time.time() - t0, 1), "steps_run": step + 1,
