@@ -17,10 +17,10 @@ held-out probes (a stage that misses its gate stops the recipe instead of spendi
      (A) ... -> B", left/right from a sentence, the ICL target-extraction prompt (short items, ~5x
      cheaper than a 144-token scene; the attempt-2 diagnosis);
   I  instruction tuning on images (the LM at the stage's rate, tower + projector at `tower_lr_scale` of
-     it, word embeddings frozen so the text side of stage C stays put): colour with lettered options, left/right, existence Yes/No
-     (positives, absent, hard negatives), captions naming objects and coarse positions ("red star
-     top left"), ICL and L items every 10th batch; the first `easy_steps` use object-centred views, later
-     steps ROI-scale views (`i_roi`) and the general mix.
+     it, word embeddings frozen so the text side of stage C stays put): colour with lettered options,
+     left/right, existence Yes/No (positives, absent, hard negatives), captions naming objects and coarse
+     positions ("red star top left"), ICL and L items every 10th batch; the first `easy_steps` use
+     object-centred views, later steps ROI-scale views (`i_roi`) and the general mix.
 
 Word embeddings are drawn at unit scale (std 1, as models that scale embeddings by sqrt(d)) and never
 trained: the residual stream of every token stays dominated by what the token is, which is what the
@@ -74,7 +74,7 @@ class Recipe3(M.Recipe):
     tower_lr_scale: float = 0.1   # stage I also tunes tower + projector at this fraction of the LM's rate
     easy_steps: int = 600
     c_easy: float = 0.35       # share of object-centred views in stage C
-    c_roi: float = 0.45        # share of ROI-scale views in stage C (3-5 cells of the whole image's grid, as FOCUS's crops)
+    c_roi: float = 0.45        # share of ROI-scale views in stage C (3-5 cells of the whole image's grid)
     i_roi: float = 0.4         # share of ROI-scale views in stage I after its easy steps
     l_mix: tuple = (0.35, 0.75)   # L: letter lookup < .35 <= colour from a sentence < .75 <= left/right
     exist_shares: tuple = (0.5, 0.75)   # I's existence items: positives < .5 <= absent shape < .75 <= hard negatives
@@ -177,8 +177,8 @@ def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
         for _ in range(4):
             if len(images) >= r.batch["C"]:
                 break
-            # half the views centred on one object (readable shapes: single-object crops first, as CLIP-style
-            # pre-training needs many clear examples), half the general mix (whole scenes, far zooms, random)
+            # views centred on one object (readable shapes: CLIP-style pre-training needs many clear examples),
+            # ROI-scale views (shapes as small as in FOCUS's crops) and the general mix (whole scenes, far zooms)
             u = rng.random() if objs else 1.0
             win = (easy_window(rng, r, objs) if u < r.c_easy else roi_window(rng, r, objs) if u < r.c_easy + r.c_roi
                    else M.sample_window(rng, r, objs))
