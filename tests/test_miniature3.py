@@ -269,3 +269,46 @@ def test_an_interrupted_stage_keeps_the_time_spent_before_it(tmp_path, monkeypat
     res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
     c = next(h for h in res["history"] if h["stage"] == "C" and "seconds" in h)
     assert c["steps_run"] == 6 and c["seconds"] > before
+
+
+def test_colour_options_in_view_are_the_other_colours_in_view_and_default_draw_is_unchanged():
+    view = [M.Obj("star", "red", (10, 10, 20, 20)), M.Obj("circle", "blue", (50, 10, 20, 20)),
+            M.Obj("square", "green", (10, 50, 20, 20)), M.Obj("cross", "blue", (50, 50, 20, 20))]
+    seen = M.seen_objects(view, (0, 0, 96, 96))
+    for seed in range(20):
+        qa = M.color_question(np.random.default_rng(seed), seen, view, options_in_view=True)
+        q, letter = qa
+        opts = dict(re.findall(r"\(([A-D])\) (\w+)", q))
+        shape = re.search(r"of the (\w+)\?", q).group(1)
+        right = next(o.color for o in view if o.shape == shape)
+        assert opts[letter] == right and len(set(opts.values())) == 4
+        # every other colour in view is an option; the rest are filled at random
+        assert {"red", "blue", "green"} - {right} <= set(opts.values())
+    # without the flag: the old draw, draw for draw (attempt 1 and stage L are reproducible)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    old = [c for c in b.permutation(M.COLORS) if c != "red"][:3]
+    shown, _ = M.colour_options(a, "red")
+    assert set(shown) == {"red", *old}
+    a2, b2 = np.random.default_rng(9), np.random.default_rng(9)
+    M.colour_options(a2, "red")
+    b2.permutation(M.COLORS), b2.permutation(4)
+    assert a2.random() == b2.random()
+
+
+def test_recorded_variants_change_only_their_fields_and_reach_the_trainer(tmp_path, monkeypatch):
+    base = M3.Recipe3()
+    for name, fields in M3.VARIANTS.items():
+        r = replace(base, **fields)   # a misspelt field would raise here
+        changed = {k for k in M3.asdict(base) if M3.asdict(base)[k] != M3.asdict(r)[k]}
+        assert changed == {k for k, v in fields.items() if M3.asdict(base)[k] != v}, name
+    seen = {}
+
+    def fake_train(out, r, **kw):
+        seen["r"] = r
+        return {"passed": False, "final": None, "failed_stage": "I"}
+
+    monkeypatch.setattr(M3, "train", fake_train)
+    assert M3.main(["--out", str(tmp_path), "--variant", "run-8"]) == 3
+    assert seen["r"].options_in_view and seen["r"].tower_lr_scale == 0.0 and seen["r"].exist_shares == (0.4, 0.8)
+    with pytest.raises(SystemExit):
+        M3.main(["--out", str(tmp_path), "--variant", "run-99"])

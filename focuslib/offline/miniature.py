@@ -223,22 +223,29 @@ def existence_question(rng: np.random.Generator, seen: list[Seen],
     return (EXISTENCE.format(target=name(c, sh)), lab) if lab else None
 
 
-def colour_options(rng: np.random.Generator, colour: str) -> tuple[list[str], str]:
-    """Four colour options in random order (the right one and three others) and the right one's letter."""
-    wrong = [c for c in rng.permutation(COLORS) if c != colour][:3]
+def colour_options(rng: np.random.Generator, colour: str, prefer: tuple = ()) -> tuple[list[str], str]:
+    """Four colour options in random order (the right one and three others) and the right one's letter.
+
+    Wrong options come from `prefer` first (colours in view, as the benchmark's D38 items), then at random."""
+    pref = [c for c in rng.permutation(sorted(set(prefer))) if c != colour] if prefer else []
+    wrong = (pref + [c for c in rng.permutation(COLORS) if c != colour and c not in pref])[:3]
     options = [colour, *wrong]
     perm = rng.permutation(4)
     return [options[i] for i in perm], synthetic.LETTERS[int(np.flatnonzero(perm == 0)[0])]
 
 
-def color_question(rng: np.random.Generator, seen: list[Seen], scene: list[Obj]) -> tuple[str, str] | None:
-    """The benchmark's direct_attributes question about a shape unique in the scene and visible."""
+def color_question(rng: np.random.Generator, seen: list[Seen], scene: list[Obj],
+                   options_in_view: bool = False) -> tuple[str, str] | None:
+    """The benchmark's direct_attributes question about a shape unique in the scene and visible.
+
+    options_in_view: wrong options are colours of other objects in view where there are any, so the answer
+    must be read off the named shape (random wrong colours can be ruled out by their absence: D38, D40)."""
     counts = {sh: sum(o.shape == sh for o in scene) for sh in SHAPES}
     vis = [s for s in seen if s.frac >= 0.5 and counts[s.obj.shape] == 1]
     if not vis:
         return None
     s = vis[rng.integers(len(vis))]
-    shown, letter = colour_options(rng, s.obj.color)
+    shown, letter = colour_options(rng, s.obj.color, tuple(x.obj.color for x in seen) if options_in_view else ())
     return synthetic._format_text(f"What is the color of the {s.obj.shape}?", shown), letter
 
 
@@ -719,12 +726,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1, help="batch-making processes (0 = in the trainer)")
     ap.add_argument("--ship", default=None, help="copy the final model here (e.g. data/models/miniature-llava-1.5)")
+    ap.add_argument("--variant", default=None, help="attempt-3 only: a recorded stage-I variant (miniature3.VARIANTS)")
     a = ap.parse_args(argv)
     if a.recipe == "attempt-3":   # its own stages and gates (focuslib/offline/miniature3.py)
         from focuslib.offline import miniature3
         return miniature3.main(["--out", a.out, "--seed", str(a.seed), "--scale", str(a.scale),
                                 "--workers", str(a.workers)] + (["--threads", str(a.threads)] if a.threads else [])
-                               + (["--ship", a.ship] if a.ship else []))
+                               + (["--ship", a.ship] if a.ship else []) + (["--variant", a.variant] if a.variant else []))
     if a.threads:
         torch.set_num_threads(a.threads)
     from dataclasses import replace

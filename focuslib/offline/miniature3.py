@@ -79,6 +79,17 @@ class Recipe3(M.Recipe):
     l_mix: tuple = (0.35, 0.75)   # L: letter lookup < .35 <= colour from a sentence < .75 <= left/right
     exist_shares: tuple = (0.5, 0.75)   # I's existence items: positives < .5 <= absent shape < .75 <= hard negatives
     budget_s: float = 90 * 60   # the whole recipe's training wall-clock ceiling
+    options_in_view: bool = False   # I's colour questions: wrong options are colours in view (D40)
+
+
+# Stage-I variants tried on run 5's stages C/P/L (D40, benchmarks/results_miniature.md): `--variant NAME`
+# replaces these fields of the defaults (the defaults are run 5). Copy run 5's stage-{C,P,L}.pt into the run
+# folder to rerun stage I alone, as the recorded runs did.
+VARIANTS = {
+    "run-6": {"tower_lr_scale": 0.0},   # tower + projector frozen in I (LLaVA keeps CLIP frozen)
+    "run-7": {"tower_lr_scale": 0.0, "mix": (0.2, 0.3, 0.4), "exist_shares": (0.4, 0.8)},   # + shape-only Yes/No balanced
+    "run-8": {"tower_lr_scale": 0.0, "mix": (0.35, 0.45, 0.55), "exist_shares": (0.4, 0.8), "options_in_view": True},
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,7 +356,7 @@ def make_i_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
             u = rng.random()
             qa = None
             if u < r.mix[0]:
-                qa = M.color_question(rng, seen, objs)
+                qa = M.color_question(rng, seen, objs, r.options_in_view)
             elif u < r.mix[1]:
                 qa = M.position_question(rng, seen, objs)
             elif u < r.mix[2]:
@@ -568,10 +579,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded stage-I variant (D40)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    base = Recipe3()
+    base = replace(Recipe3(), **VARIANTS[a.variant]) if a.variant else Recipe3()
     sc = lambda d: {k: max(2, int(round(v * a.scale))) for k, v in d.items()}  # noqa: E731
     r = replace(base, seed=a.seed, steps=sc(base.steps), min_steps=sc(base.min_steps),
                 easy_steps=max(1, int(base.easy_steps * a.scale)),
