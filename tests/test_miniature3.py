@@ -312,3 +312,21 @@ def test_recorded_variants_change_only_their_fields_and_reach_the_trainer(tmp_pa
     assert seen["r"].options_in_view and seen["r"].tower_lr_scale == 0.0 and seen["r"].exist_shares == (0.4, 0.8)
     with pytest.raises(SystemExit):
         M3.main(["--out", str(tmp_path), "--variant", "run-99"])
+
+
+def test_shape_reading_items_are_balanced_and_their_answers_true(processor, monkeypatch):
+    r = M3.Recipe3()
+    for view in ("easy", "roi"):
+        b = M3.shape_existence_batch(r, processor, view, n=24, seed=3)
+        assert b["answers"] == ["Yes", "No"] * 12 and b["pixel_values"].shape[0] == 24
+        for ans, (shape, whole, anywhere) in zip(b["answers"], b["views"]):
+            assert (shape in whole) if ans == "Yes" else (shape not in anywhere)
+        ids = b["input_ids"][b["labels"] != -100]
+        assert set(processor.tokenizer.convert_ids_to_tokens(ids.tolist())) <= {"Yes", "No", "</s>"}
+    # a model that answers Yes to everything (the run-5 failure) scores exactly chance; one that is always right 100
+    model = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(M, "_inputs", lambda model, stage, b, tok: {})
+    monkeypatch.setattr(M, "answer_hits", lambda model, inputs, labels, eos: [True, False] * (labels.shape[0] // 2))
+    assert M3.probe_shape_reading(model, r, processor, batches=1) == {"easy": 50.0, "roi": 50.0}
+    monkeypatch.setattr(M, "answer_hits", lambda model, inputs, labels, eos: [True] * labels.shape[0])
+    assert M3.probe_shape_reading(model, r, processor, batches=1) == {"easy": 100.0, "roi": 100.0}

@@ -426,6 +426,55 @@ def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
     return {k: round(100 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}
 
 
+
+def shape_existence_batch(r: Recipe3, processor, view: str, n: int = 32, seed: int = 0) -> dict:
+    """Bare-shape existence ("Is there a star in the image?"), alternately Yes (a shape whole in view) and No
+    (a shape nowhere in view), on object-centred (`view="easy"`) or ROI-scale views: the prior and the colour
+    give nothing away, so above 50% the LM reads shape off the image tokens (D40)."""
+    rng = np.random.default_rng([r.seed + M.PROBE_SEED, 14, seed, view == "roi"])
+    images, prompts, answers, views = [], [], [], []
+    while len(prompts) < n:
+        img, objs = M.make_scene(rng, r)
+        if not objs:
+            continue
+        win = easy_window(rng, r, objs) if view == "easy" else roi_window(rng, r, objs)
+        seen = M.seen_objects(objs, win)
+        whole = [s for s in seen if s.frac >= 0.5]
+        absent = [x for x in M.SHAPES if all(s.obj.shape != x for s in seen)]
+        yes = len(prompts) % 2 == 0
+        if not (whole if yes else absent):
+            continue
+        shape = whole[rng.integers(len(whole))].obj.shape if yes else absent[rng.integers(len(absent))]
+        images.append(pad_to_square(img.crop(win), M.processor_fill(processor))[0])
+        prompts.append(M.chat(M.EXISTENCE.format(target=shape)))
+        answers.append(" Yes" if yes else " No")
+        views.append((shape, {s.obj.shape for s in whole}, {s.obj.shape for s in seen}))
+    out = {"pixel_values": processor.image_processor(images=images, return_tensors="pt")["pixel_values"]}
+    out.update(M._encode(processor.tokenizer, prompts, answers, M.GRID * M.GRID))
+    out["answers"] = [a.strip() for a in answers]
+    out["views"] = views   # (asked shape, shapes whole in view, shapes in view at all)
+    return out
+
+
+@torch.no_grad()
+def probe_shape_reading(model, r: Recipe3, processor, batches: int = 8) -> dict:
+    """Balanced accuracy (%) of bare-shape existence per view kind (chance 50): {"easy": .., "roi": ..}."""
+    was = model.training
+    model.eval()
+    out = {}
+    for view in ("easy", "roi"):
+        hits = {"Yes": [], "No": []}
+        for k in range(batches):
+            b = shape_existence_batch(r, processor, view, seed=k)
+            rows = M.answer_hits(model, M._inputs(model, "I", b, processor.tokenizer), b["labels"],
+                                 processor.tokenizer.eos_token_id)
+            for a, h in zip(b["answers"], rows):
+                hits[a].append(h)
+        out[view] = round(50 * float(np.mean(hits["Yes"]) + np.mean(hits["No"])), 1)
+    model.train(was)
+    return out
+
+
 def _trainable(model, stage: str) -> list:
     m = model.model
     for p in model.parameters():
