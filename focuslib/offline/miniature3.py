@@ -426,7 +426,6 @@ def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
     return {k: round(100 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}
 
 
-
 def shape_existence_batch(r: Recipe3, processor, view: str, n: int = 32, seed: int = 0) -> dict:
     """Bare-shape existence ("Is there a star in the image?"), alternately Yes (a shape whole in view) and No
     (a shape nowhere in view), on object-centred (`view="easy"`) or ROI-scale views: the prior and the colour
