@@ -214,6 +214,46 @@ def test_view_mix_shares_choose_the_stage_c_views(processor, monkeypatch):
         assert set(calls) == want
 
 
+def test_word_targets_say_present_absent_or_unknown():
+    objs = [M.Obj("star", "red", (0, 0, 16, 16)),        # whole, resolvable: red and star present
+            M.Obj("circle", "blue", (40, 40, 4, 4)),     # whole, too small: blue present, circle unknown
+            M.Obj("cross", "green", (90, 0, 20, 20))]    # a fifth of it in view: green and cross unknown
+    present, known = M3.word_targets(M.seen_objects(objs, (0, 0, 96, 96)), shape_px=6.0)
+    w = {x: (bool(present[i]), bool(known[i])) for i, x in enumerate(M3.WORDS)}
+    assert w["red"] == w["star"] == w["blue"] == (True, True)
+    assert w["circle"] == w["green"] == w["cross"] == (False, False)
+    absent = [x for x in M3.WORDS if x not in ("red", "star", "blue", "circle", "green", "cross")]
+    assert absent and all(w[x] == (False, True) for x in absent)
+
+
+def test_word_loss_is_bce_of_the_best_tokens_cosine_and_ignores_unknown_words():
+    words = torch.eye(3, 4)                              # 3 words on orthogonal axes
+    p = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 1.0, 0], [0, 0, 0, 1.0]]])   # [1, 3 tokens, 4]
+    present = torch.tensor([[1.0, 0.0, 1.0]])
+    known = torch.tensor([[1.0, 1.0, 0.0]])
+    best = torch.tensor([1.0, 2 ** -0.5, 2 ** -0.5])     # word 0: token 0; words 1, 2: token 1
+    ref = (_bce(torch.tensor(1.0), 1.0, 0.35, 0.1) + _bce(best[1], 0.0, 0.35, 0.1)) / 2
+    assert M3.word_loss(p, present, known, words, 0.35, 0.1).item() == pytest.approx(ref.item(), rel=1e-5)
+    p2 = p.clone()
+    p2[0, 1] = torch.tensor([0, 0, 1.0, 0])               # word 1 no longer in any token: lower loss (it is absent)
+    assert M3.word_loss(p2, present, known, words, 0.35, 0.1) < M3.word_loss(p, present, known, words, 0.35, 0.1)
+    assert M3.word_loss(p, present, torch.zeros_like(known), words, 0.35, 0.1) == 0
+
+
+def _bce(best, y, margin, tau):
+    z = (torch.as_tensor(best) - margin) / tau
+    return -(y * torch.nn.functional.logsigmoid(z) + (1 - y) * torch.nn.functional.logsigmoid(-z))
+
+
+def test_c_batches_carry_the_word_targets_of_their_views(processor):
+    r = replace(M3.Recipe3(), batch={**M3.Recipe3().batch, "C": 6})
+    b = M3.make_c_batch(r, 3, processor)
+    assert b["words"]["present"].shape == b["words"]["known"].shape == (6, len(M3.WORDS))
+    assert ((b["words"]["present"] == 1) <= (b["words"]["known"] == 1)).all()   # present implies known
+    # the word targets draw nothing: the views (and so every earlier run) are the same draw for draw
+    assert torch.equal(b["pixel_values"], M3.make_c_batch(r, 3, processor)["pixel_values"])
+
+
 def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(processor, monkeypatch):
     """Planted towers: patches = the phrase of what covers them reads shape at ROI scale; patches that carry
     only colour (the phrase averaged over the colour's 6 shapes) do not."""
@@ -230,13 +270,17 @@ def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(proces
 
     monkeypatch.setattr(M3, "make_c_batch", recording)
     monkeypatch.setattr(M3, "projected_patches", lambda m, pv: last["t"] @ table)
-    assert M3.probe_c(model, r, processor, table, n=2)["roi shape"] >= 90.0
+    oracle = M3.probe_c(model, r, processor, table, n=2)
+    assert oracle["roi shape"] >= 90.0
+    assert oracle["roi shape word"] >= 80.0 and oracle["mix shape word"] >= 80.0   # a shape word alone finds its object
     blind = table.clone()
     blind[:M3.BG] = table[:M3.BG].view(len(M.COLORS), len(M.SHAPES), -1).mean(1, keepdim=True).expand(
         -1, len(M.SHAPES), -1).reshape(M3.BG, -1)
     monkeypatch.setattr(M3, "projected_patches", lambda m, pv: last["t"] @ blind + 1e-3 * torch.randn(
         *last["t"].shape[:2], table.shape[1], generator=torch.Generator().manual_seed(0)))
-    assert M3.probe_c(model, r, processor, table, n=2)["roi shape"] <= 40.0   # chance 16.7
+    blind_acc = M3.probe_c(model, r, processor, table, n=2)
+    assert blind_acc["roi shape"] <= 40.0   # chance 16.7
+    assert blind_acc["roi shape word"] <= 60.0   # chance 50
 
 
 def test_an_interrupted_stage_keeps_the_time_spent_before_it(tmp_path, monkeypatch):

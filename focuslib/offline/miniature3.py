@@ -47,6 +47,7 @@ from focuslib.offline import synthetic
 STAGES = ("C", "P", "L", "I")
 PHRASES = [f"{c} {s}" for c, s in M.PAIRS] + ["background"]
 BG = len(PHRASES) - 1
+WORDS = list(M.COLORS) + list(M.SHAPES)   # the single words C's word-level term scores (colours, then shapes)
 EXTRA_WORDS = ["top", "bottom", "middle", "center", "left", "right"]   # coarse positions in captions
 
 
@@ -80,15 +81,24 @@ class Recipe3(M.Recipe):
     exist_shares: tuple = (0.5, 0.75)   # I's existence items: positives < .5 <= absent shape < .75 <= hard negatives
     budget_s: float = 90 * 60   # the whole recipe's training wall-clock ceiling
     options_in_view: bool = False   # I's colour questions: wrong options are colours in view (D40)
+    c_words: float = 0.0       # C: weight of the word-level term (FILIP's token-wise max similarity, D41); 0 = run 5
+    word_margin: float = 0.35  # C: max cosine of a present word's best image token is pushed above this, an absent's below
+    word_tau: float = 0.1
 
 
-# Stage-I variants tried on run 5's stages C/P/L (D40, benchmarks/results_miniature.md): `--variant NAME`
-# replaces these fields of the defaults (the defaults are run 5). Copy run 5's stage-{C,P,L}.pt into the run
-# folder to rerun stage I alone, as the recorded runs did.
+# Variants tried after run 5 (D40, D41, benchmarks/results_miniature.md): `--variant NAME` replaces these fields
+# of the defaults (the defaults are run 5). Runs 6-8 changed stage I only: copy run 5's stage-{C,P,L}.pt into
+# the run folder to rerun stage I alone, as the recorded runs did. Run 9 is a whole run.
 VARIANTS = {
     "run-6": {"tower_lr_scale": 0.0},   # tower + projector frozen in I (LLaVA keeps CLIP frozen)
     "run-7": {"tower_lr_scale": 0.0, "mix": (0.2, 0.3, 0.4), "exist_shares": (0.4, 0.8)},   # + shape-only Yes/No balanced
     "run-8": {"tower_lr_scale": 0.0, "mix": (0.35, 0.45, 0.55), "exist_shares": (0.4, 0.8), "options_in_view": True},
+    # a whole new run (D41): stage C adds the word-level term and is gated on reading shape words; stage I as run 8
+    "run-9": {"c_words": 1.0, "tower_lr_scale": 0.0, "mix": (0.35, 0.45, 0.55), "exist_shares": (0.4, 0.8),
+              "options_in_view": True,
+              "gates": {"C": {"region phrase": 40.0, "patch colour": 70.0, "roi shape": 50.0, "roi shape word": 65.0},
+                        "P": {"copy": 90.0}, "L": {"letter": 95.0, "color": 80.0},
+                        "I": {"color": 85.0, "exists-yes": 80.0, "exists-no": 80.0}}},
 }
 
 
@@ -108,6 +118,12 @@ def build_model(r: Recipe3, tokenizer):
         emb = model.get_input_embeddings()
         emb.weight.copy_(torch.randn(emb.weight.shape, generator=g) * r.embed_std)
     return model
+
+
+def word_table(model, tokenizer) -> torch.Tensor:
+    """[12, d] the frozen word embeddings of WORDS."""
+    E = model.get_input_embeddings().weight.detach()
+    return torch.stack([E[tokenizer.convert_tokens_to_ids(w)] for w in WORDS])
 
 
 def phrase_table(model, tokenizer) -> torch.Tensor:
@@ -164,6 +180,33 @@ def region_logits(p, regions, table, tau) -> torch.Tensor:
     return F.normalize(pooled, dim=-1) @ F.normalize(table, dim=-1).T / tau
 
 
+def word_targets(seen: list, shape_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(present [12], known [12]) of a view: each colour and shape word is present (an object >= half in view,
+    its shape resolvable for a shape word), absent (nothing of it in view at all) or unknown (cut or too small)."""
+    present, seen_any = torch.zeros(len(WORDS)), torch.zeros(len(WORDS))
+    for s in seen:
+        side = max(s.box[2] - s.box[0], s.box[3] - s.box[1])
+        c, k = WORDS.index(s.obj.color), WORDS.index(s.obj.shape)
+        seen_any[c] = seen_any[k] = 1
+        if s.frac >= 0.5:
+            present[c] = 1
+            if side >= shape_px:
+                present[k] = 1
+    return present, (present == 1) | (seen_any == 0)
+
+
+def word_loss(p, present, known, words, margin: float, tau: float) -> torch.Tensor:
+    """FILIP's token-wise late interaction as existence: for each view and word, the best image token's cosine to
+    the word's embedding, above `margin` if the word is in view and below if absent (binary cross-entropy).
+
+    p [B, N, d] projected patches, words [W, d] word embeddings, present/known [B, W]. This is the reading the
+    existence question needs (a word's query finding the image tokens that carry it), and it makes a shape word
+    stand on its own in the image tokens instead of riding on the colour of a "colour shape" phrase (D41)."""
+    best = (F.normalize(p, dim=-1) @ F.normalize(words, dim=-1).T).amax(1)   # [B, W]
+    bce = F.binary_cross_entropy_with_logits((best - margin) / tau, present, reduction="none")
+    return (bce * known).sum() / known.sum().clamp_min(1)
+
+
 def contrastive_loss(p, targets, table, tau, regions=None):
     """(loss, patch logits [B, 144, 49]) of projected patches `p`: CLIP's softmax over phrases, for patches
     and for object regions.
@@ -182,7 +225,7 @@ def contrastive_loss(p, targets, table, tau, regions=None):
 
 def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
     rng = np.random.default_rng([r.seed + seed_offset, 10, step])
-    images, ys, rv, rw, rp = [], [], [], [], []
+    images, ys, rv, rw, rp, wp, wk = [], [], [], [], [], [], []
     while len(images) < r.batch["C"]:
         img, objs = M.make_scene(rng, r)
         for _ in range(4):
@@ -196,21 +239,35 @@ def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
             seen = M.seen_objects(objs, win)
             images.append(pad_to_square(img.crop(win), M.processor_fill(processor))[0])
             ys.append(patch_targets(seen, r.shape_px))
+            present, known = word_targets(seen, r.shape_px)
+            wp.append(present), wk.append(known)
             for w, k in region_targets(seen, r.shape_px):
                 rv.append(len(images) - 1), rw.append(w), rp.append(k)
     pv = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     regions = {"view": torch.tensor(rv, dtype=torch.long), "phrase": torch.tensor(rp, dtype=torch.long),
                "weights": torch.stack(rw) if rw else torch.zeros(0, M.GRID * M.GRID)}
-    return {"pixel_values": pv, "targets": torch.stack(ys), "regions": regions}
+    return {"pixel_values": pv, "targets": torch.stack(ys), "regions": regions,
+            "words": {"present": torch.stack(wp), "known": torch.stack(wk).float()}}
 
 
 @torch.no_grad()
 def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
     """Held-out patch accuracy (%): cells >= half covered by one object; colour = argmax phrase's colour."""
     ok_phrase, ok_colour, ok_bg, ok_region = [], [], [], []
+    words = word_table(model, processor.tokenizer).to(table.device)
+    shape_words = {"mix": ([], []), "roi": ([], [])}   # (hits on present, hits on absent) shape words
+
+    def read_words(p, w, kind):
+        said = (F.normalize(p, dim=-1) @ F.normalize(words, dim=-1).T).amax(1) > r.word_margin
+        sh = slice(len(M.COLORS), None)   # shape words only: what the bare-shape existence question asks
+        pres, known, said = w["present"][:, sh].bool(), w["known"][:, sh].bool(), said[:, sh]
+        shape_words[kind][0].extend(said[pres & known].tolist())
+        shape_words[kind][1].extend((~said)[~pres & known].tolist())
+
     for step in range(n):
         b = make_c_batch(r, step, processor, seed_offset=M.PROBE_SEED)
         p = projected_patches(model, b["pixel_values"])
+        read_words(p, b["words"], "mix")
         _, logits = contrastive_loss(p, b["targets"], table, r.tau)
         reg = b["regions"]
         if len(reg["phrase"]):
@@ -232,13 +289,17 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
     for step in range(n):
         b = make_c_batch(roi, step, processor, seed_offset=M.PROBE_SEED + 1)
         reg = b["regions"]
+        p = projected_patches(model, b["pixel_values"])
+        read_words(p, b["words"], "roi")
         if len(reg["phrase"]):
-            lg = region_logits(projected_patches(model, b["pixel_values"]), reg, table, r.tau)[:, :BG]
+            lg = region_logits(p, reg, table, r.tau)[:, :BG]
             lg = lg.view(-1, len(M.COLORS), len(M.SHAPES))[torch.arange(len(lg)), reg["phrase"] // len(M.SHAPES)]
             ok_roi += (lg.argmax(-1) == reg["phrase"] % len(M.SHAPES)).tolist()
     pct = lambda v: round(100 * float(np.mean(v)), 1) if v else 0.0  # noqa: E731
     return {"region phrase": pct(ok_region), "patch phrase": pct(ok_phrase), "patch colour": pct(ok_colour),
-            "background": pct(ok_bg), "roi shape": pct(ok_roi)}
+            "background": pct(ok_bg), "roi shape": pct(ok_roi),
+            # a shape word read off the image tokens alone (best token's cosine above the margin), balanced: 50 = blind
+            **{f"{k} shape word": round((pct(v[0]) + pct(v[1])) / 2, 1) for k, v in shape_words.items()}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,7 +599,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                 log(f"stage {stage} missed its gate earlier: recipe stopped")
                 return {"final": None, "passed": False, "failed_stage": stage, "history": history}
             continue
-        table = phrase_table(model, tok).to(device)
+        table, words = phrase_table(model, tok).to(device), word_table(model, tok).to(device)
         groups = _groups(model, stage, r)
         params = [p for g in groups for p in g["params"]]
         opt = torch.optim.AdamW(groups, weight_decay=0.01)
@@ -563,8 +624,11 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         for step, b in bar:
             b = _to(b, device)
             if stage == "C":
-                loss, _ = contrastive_loss(projected_patches(model, b["pixel_values"]), b["targets"], table, r.tau,
-                                           b["regions"])
+                p = projected_patches(model, b["pixel_values"])
+                loss, _ = contrastive_loss(p, b["targets"], table, r.tau, b["regions"])
+                if r.c_words:
+                    loss = loss + r.c_words * word_loss(p, b["words"]["present"], b["words"]["known"], words,
+                                                        r.word_margin, r.word_tau)
             else:
                 loss = model(**M._inputs(model, stage, b, tok), labels=b["labels"]).loss
             ema = M.sgd_step(loss, opt, sched, params, ema, bar, history, stage, step)
