@@ -354,6 +354,9 @@ def test_recorded_variants_change_only_their_fields_and_reach_the_trainer(tmp_pa
     monkeypatch.setattr(M3, "train", fake_train)
     assert M3.main(["--out", str(tmp_path), "--variant", "run-8"]) == 3
     assert seen["r"].options_in_view and seen["r"].tower_lr_scale == 0.0 and seen["r"].exist_shares == (0.4, 0.8)
+    M3.main(["--out", str(tmp_path), "--variant", "run-9"])
+    assert seen["r"].c_words == 1.0 and seen["r"].gates["C"]["roi shape word"] == 65.0
+    assert M3.Recipe3().c_words == 0.0   # the defaults stay run 5
     with pytest.raises(SystemExit):
         M3.main(["--out", str(tmp_path), "--variant", "run-99"])
 

@@ -121,7 +121,7 @@ def build_model(r: Recipe3, tokenizer):
 
 
 def word_table(model, tokenizer) -> torch.Tensor:
-    """[12, d] the frozen word embeddings of WORDS."""
+    """[14, d] the frozen word embeddings of WORDS."""
     E = model.get_input_embeddings().weight.detach()
     return torch.stack([E[tokenizer.convert_tokens_to_ids(w)] for w in WORDS])
 
@@ -181,7 +181,7 @@ def region_logits(p, regions, table, tau) -> torch.Tensor:
 
 
 def word_targets(seen: list, shape_px: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(present [12], known [12]) of a view: each colour and shape word is present (an object >= half in view,
+    """(present [14], known [14]) of a view: each colour and shape word is present (an object >= half in view,
     its shape resolvable for a shape word), absent (nothing of it in view at all) or unknown (cut or too small)."""
     present, seen_any = torch.zeros(len(WORDS)), torch.zeros(len(WORDS))
     for s in seen:
