@@ -100,6 +100,10 @@ VARIANTS = {
                         "P": {"copy": 90.0}, "L": {"letter": 95.0, "color": 80.0},
                         "I": {"color": 85.0, "exists-yes": 80.0, "exists-no": 80.0}}},
 }
+# run 10 (D41): run 9 with twice the stage-C steps; run 9's C, continued 1500 steps, was still climbing on every
+# shape probe (roi shape word 56.8 -> 63.9)
+VARIANTS["run-10"] = {**VARIANTS["run-9"], "steps": {"C": 4800, "P": 1000, "L": 1500, "I": 2400},
+                      "min_steps": {"C": 4800, "P": 300, "L": 300, "I": 1500}}
 
 
 # --------------------------------------------------------------------------------------------------
