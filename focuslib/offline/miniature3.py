@@ -199,6 +199,11 @@ def word_targets(seen: list, shape_px: float) -> tuple[torch.Tensor, torch.Tenso
     return present, (present == 1) | (seen_any == 0)
 
 
+def best_word_cosine(p, words) -> torch.Tensor:
+    """[B, W]: for each view, the best image token's cosine to each word (p [B, N, d], words [W, d])."""
+    return (F.normalize(p, dim=-1) @ F.normalize(words, dim=-1).T).amax(1)
+
+
 def word_loss(p, present, known, words, margin: float, tau: float) -> torch.Tensor:
     """FILIP's token-wise late interaction as existence: for each view and word, the best image token's cosine to
     the word's embedding, above `margin` if the word is in view and below if absent (binary cross-entropy).
@@ -206,8 +211,7 @@ def word_loss(p, present, known, words, margin: float, tau: float) -> torch.Tens
     p [B, N, d] projected patches, words [W, d] word embeddings, present/known [B, W]. This is the reading the
     existence question needs (a word's query finding the image tokens that carry it), and it makes a shape word
     stand on its own in the image tokens instead of riding on the colour of a "colour shape" phrase (D41)."""
-    best = (F.normalize(p, dim=-1) @ F.normalize(words, dim=-1).T).amax(1)   # [B, W]
-    bce = F.binary_cross_entropy_with_logits((best - margin) / tau, present, reduction="none")
+    bce = F.binary_cross_entropy_with_logits((best_word_cosine(p, words) - margin) / tau, present, reduction="none")
     return (bce * known).sum() / known.sum().clamp_min(1)
 
 
@@ -262,7 +266,7 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
     shape_words = {"mix": ([], []), "roi": ([], [])}   # (hits on present, hits on absent) shape words
 
     def read_words(p, w, kind):
-        said = (F.normalize(p, dim=-1) @ F.normalize(words, dim=-1).T).amax(1) > r.word_margin
+        said = best_word_cosine(p, words) > r.word_margin
         sh = slice(len(M.COLORS), None)   # shape words only: what the bare-shape existence question asks
         pres, known, said = w["present"][:, sh].bool(), w["known"][:, sh].bool(), said[:, sh]
         shape_words[kind][0].extend(said[pres & known].tolist())
