@@ -726,7 +726,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1, help="batch-making processes (0 = in the trainer)")
     ap.add_argument("--ship", default=None, help="copy the final model here (e.g. data/models/miniature-llava-1.5)")
-    ap.add_argument("--variant", default=None, help="attempt-3 only: a recorded stage-I variant (miniature3.VARIANTS)")
+    ap.add_argument("--variant", default=None, help="attempt-3 only: a recorded variant (miniature3.VARIANTS: run-6..8 stage I only, run-9 and run-10 whole runs)")
     a = ap.parse_args(argv)
     if a.recipe == "attempt-3":   # its own stages and gates (focuslib/offline/miniature3.py)
         from focuslib.offline import miniature3
