@@ -171,3 +171,24 @@ def test_parse_setting_and_sampled_summary():
     out = report.sampled_summary(df, "k~U(10,50)")
     assert _one(out, metric="acc") == 65.0 and _one(out, metric="acc_std") == 5.0
     assert set(out["setting"]) == {"k~U(10,50)"}
+
+
+def test_smoke_cache_is_cleared_when_the_embedded_weights_change(tmp_path, monkeypatch):
+    """make figures SMOKE=1 after a new miniature: results/smoke held the old model's records under the same name."""
+    from focuslib.report import notebooks as NB
+    import focuslib.models as models
+    import focuslib.offline.embedded as emb
+    monkeypatch.setattr(emb, "embedded_default", lambda: (str(tmp_path / "model"), None))
+    fp = {"id": "sha256:aaaa"}
+    monkeypatch.setattr(models, "weights_fingerprint", lambda path, cfg=None: fp["id"])
+    res = tmp_path / "smoke"
+    res.mkdir()
+    (res / "old.jsonl").write_text("{}\n")   # a cache from before weights were recorded: cleared
+    NB._match_smoke_cache(res)
+    assert not (res / "old.jsonl").exists() and (res / ".weights").read_text() == "sha256:aaaa"
+    (res / "new.jsonl").write_text("{}\n")   # same weights: kept
+    NB._match_smoke_cache(res)
+    assert (res / "new.jsonl").exists()
+    fp["id"] = "sha256:bbbb"                 # the shipped model changed: cleared
+    NB._match_smoke_cache(res)
+    assert not (res / "new.jsonl").exists() and (res / ".weights").read_text() == "sha256:bbbb"

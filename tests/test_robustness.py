@@ -375,3 +375,40 @@ def test_large_image_as_benchmark_bytes_gets_the_same_guard(files, monkeypatch):
         decode_image(data, files)
     with pytest.raises(FocusInputError, match="not a readable image file: <4 bytes of image data>"):
         decode_image(b"junk", files)
+
+
+def test_results_of_other_weights_under_the_same_name_are_not_resumed(tiny_llava_path, vstar_dir, tmp_path):
+    """A checkpoint retrained into the same folder keeps its name; its results must not be mixed with the old
+    weights' records (the shipped miniature's smoke figures once were). The fingerprint follows the content."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from focuslib.models import load_mllm, weights_fingerprint
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_llava_path, ckpt)
+    first = weights_fingerprint(str(ckpt))
+    assert first and first.startswith("sha256:")
+    shutil.copytree(tiny_llava_path, tmp_path / "copy")   # same bytes elsewhere: same weights
+    assert weights_fingerprint(str(tmp_path / "copy")) == first
+    src, out = vstar_dir, tmp_path / "out"
+    mllm = load_mllm(str(ckpt), device="cpu")
+    assert mllm.weights_id == first
+    _eval(mllm, src, out, limit=2)
+    meta = next(out.glob("*.meta.json"))
+    assert json.loads(meta.read_text())["weights"] == first
+    # "retrain": one tensor changes, the folder and the name stay
+    f = next(ckpt.glob("*.safetensors"))
+    t = load_file(str(f))
+    k = sorted(t)[len(t) // 2]
+    t[k] = (t[k] + np.ones_like(t[k])).astype(t[k].dtype)
+    save_file(t, str(f), metadata={"format": "pt"})
+    assert weights_fingerprint(str(ckpt)) != first
+    with pytest.raises(RunError, match="written by other weights under the same model name"):
+        _eval(load_mllm(str(ckpt), device="cpu"), src, out, limit=2)
+    # a results folder written before runs recorded weights resumes as before
+    m = json.loads(meta.read_text())
+    del m["weights"]
+    meta.write_text(json.dumps(m))
+    assert len(_eval(load_mllm(str(ckpt), device="cpu"), src, out, limit=2)["records"]) == 2

@@ -377,6 +377,8 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
                       if not (isinstance(v, float) and v != v)}
     if data_tag:
         meta["data"] = data_tag
+    if getattr(mllm, "weights_id", None):
+        meta["weights"] = mllm.weights_id
     meta_json = json.loads(json.dumps(meta, default=str))
     if meta_path.exists():
         try:
@@ -387,8 +389,15 @@ def evaluate(mllm, benchmark: str | BenchmarkSpec, method: str = "focus", n_step
         if "data" not in old:  # written before runs recorded their data
             old["data"] = meta_json.get("data")
             old = {k: v for k, v in old.items() if v is not None or k != "data"}
-        if old != meta_json:
-            diff = sorted(k for k in set(old) | set(meta_json) if old.get(k) != meta_json.get(k))
+        # weights are compared when both sides know them (files written before runs recorded them do not)
+        old_w, new_w = old.pop("weights", None), meta_json.get("weights")
+        if old_w and new_w and old_w != new_w:
+            raise RunError(f"{meta_path}: the results in {main_path.name} were written by other weights under the "
+                           f"same model name ({old_w}; this model: {new_w}), e.g. a retrained checkpoint in the "
+                           f"same folder. Use another --out, or delete {stem}.* to start over.")
+        now = {k: v for k, v in meta_json.items() if k != "weights"}
+        if old != now:
+            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
             raise RunError(f"{meta_path} records different settings ({', '.join(diff)}) than this run; resume "
                            f"needs the same settings. Use another --out or delete {stem}.* to start over.")
     elif rank == 0:

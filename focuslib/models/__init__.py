@@ -100,6 +100,33 @@ def focuslib_meta(path: str) -> dict:
     return json.loads(open(f).read()) if os.path.isfile(f) else {}
 
 
+def weights_fingerprint(path: str, cfg=None) -> str | None:
+    """A short id of the weights a model was loaded from, so that results written by other weights under the same
+    name are not resumed (runner's meta.json). Local folder: sha256 over each weight file's name, size and content
+    (whole files up to 64 MiB, else 1 MiB at the start, the end and 16 points between: retraining changes every
+    tensor, and hashing 14 GB would cost a minute). Hub id: the resolved commit. None when neither is known."""
+    import hashlib
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".pt", ".pth")))
+        if not files:
+            return None
+        h = hashlib.sha256()
+        for f in files:
+            fp = os.path.join(path, f)
+            size = os.path.getsize(fp)
+            h.update(f"{f}:{size};".encode())
+            with open(fp, "rb") as fh:
+                if size <= 64 << 20:
+                    h.update(fh.read())
+                    continue
+                for i in range(18):
+                    fh.seek(min(size - (1 << 20), i * (size - (1 << 20)) // 17))
+                    h.update(fh.read(1 << 20))
+        return "sha256:" + h.hexdigest()[:16]
+    commit = getattr(cfg, "_commit_hash", None)
+    return f"commit:{commit}" if commit else None
+
+
 def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
               attn_implementation: str = "sdpa", **adapter_kwargs) -> MLLM:
     """Load a supported MLLM by hub id (or a short alias from HUB_IDS) or local path.
@@ -139,7 +166,9 @@ def load_mllm(name_or_path: str, device: str | None = None, dtype="auto",
             adapter_kwargs["system"] = meta["system"]
         elif meta.get("trained"):   # the shipped miniature was trained on the plain format (decisions.md D32)
             adapter_kwargs["system"] = ""
-    return adapter_cls(model, processor, name=name, **adapter_kwargs)
+    mllm = adapter_cls(model, processor, name=name, **adapter_kwargs)
+    mllm.weights_id = weights_fingerprint(name, cfg)
+    return mllm
 
 
 __all__ = ["MLLM", "TokenLayout", "RelevancePass", "EXISTENCE_PROMPT", "yes_confidence",

@@ -96,6 +96,7 @@ class MLLM(ABC):
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched last-position logits stay at index -1
         self.name = name
+        self.weights_id: str | None = None   # load_mllm sets it (weights_fingerprint): results are tied to it
         self.calls: Counter = Counter()
         self._answer_ids: dict[str, int] = {}
 

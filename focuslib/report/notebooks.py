@@ -49,6 +49,23 @@ def execute_notebook(name: str, parameters: dict, output_dir: str | Path, notebo
                                progress_bar=False)
 
 
+def _match_smoke_cache(results: Path) -> None:
+    """results/smoke is a cache of the embedded default's answers: when the shipped weights changed (a new
+    miniature was pulled or trained), clear it, so the smoke figures are redrawn instead of the runner refusing
+    to resume (its meta.json records the weights) or reading back another model's records."""
+    import shutil
+
+    from focuslib.models import weights_fingerprint
+    from focuslib.offline.embedded import embedded_default
+    now = weights_fingerprint(embedded_default()[0]) or ""
+    mark = results / ".weights"
+    if results.exists() and any(results.iterdir()) and (not mark.exists() or mark.read_text() != now):
+        print(f"{results}: written by other weights than the embedded default's ({now}); cleared", flush=True)
+        shutil.rmtree(results)
+    results.mkdir(parents=True, exist_ok=True)
+    mark.write_text(now)
+
+
 def main(argv=None) -> int:
     """`python -m focuslib.report [--smoke] [--model M] [--only NB ...]`: run the notebooks (make figures)."""
     import argparse
@@ -71,6 +88,8 @@ def main(argv=None) -> int:
     for k in ("model", "device", "dtype", "limit", "data"):
         if getattr(a, k) is not None:
             params[k] = getattr(a, k)
+    if a.smoke and a.results_dir is None and a.model is None:
+        _match_smoke_cache(results)
     kernel = ensure_kernel()
     for nb in a.only or NOTEBOOKS:
         t0 = time.time()
