@@ -361,6 +361,24 @@ def test_recorded_variants_change_only_their_fields_and_reach_the_trainer(tmp_pa
         M3.main(["--out", str(tmp_path), "--variant", "run-99"])
 
 
+def test_make_miniature_trains_the_shipped_recipe():
+    """`make miniature` (RECIPE=attempt-3) passes the run-10 variant, and the shipped model's recorded recipe is
+    exactly Recipe3 with run 10's fields: the documented command reproduces the embedded default."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from focuslib.offline.embedded import SHIPPED_MINIATURE
+    meta = json.loads((SHIPPED_MINIATURE / "focuslib.json").read_text())
+    want = json.loads(json.dumps(M3.asdict(replace(M3.Recipe3(), **M3.VARIANTS["run-10"]))))
+    assert {k: meta["recipe"].get(k) for k in want} == want
+    if shutil.which("make"):
+        root = Path(__file__).resolve().parents[1]
+        cmd = subprocess.run(["make", "-n", "-s", "miniature", "STAMP=", "KERNEL="], cwd=root, capture_output=True,
+                             text=True, check=True).stdout
+        assert "--recipe attempt-3 --variant run-10 " in cmd
+
+
 def test_shape_reading_items_are_balanced_and_their_answers_true(processor, monkeypatch):
     r = M3.Recipe3()
     for view in ("easy", "roi"):

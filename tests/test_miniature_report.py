@@ -113,6 +113,12 @@ def test_verdict_says_met_only_when_the_numbers_meet_the_goals():
     yes_to_all["existence"].update({"absent": 1.1})
     v = R.verdict(yes_to_all)
     assert "does not recover it: its existence answers ignore the shape name (Yes on 98.9% of absent" in v
+    # short of the goal by 1 pp but well above vanilla: the card says FOCUS recovers part of the gap, with numbers
+    part = _report(van=24.0, ora=98.0, focus=48.0, rnd=42.0, kk=46.0, loc_preset=11.0)
+    part["accuracy"]["FOCUS n=8"]["crop hits GT %"] = 71.0
+    v = R.verdict(part)
+    assert "FOCUS n=8 48.0% >= vanilla 24.0% + 25 pp -> NOT met" in v
+    assert "recovers part of the gap (n=8: 48.0%, +24.0 pp, 32% of the oracle's gain" in v and "71.0%" in v
 
 
 def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
@@ -130,6 +136,13 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
     assert "7 of 7 met" in card and '{"color": 90.0}' in card and "ROI-scale" not in card
     (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist, "recipe": {
         "c_easy": 0.35, "c_roi": 0.45, "i_roi": 0.4}}))
-    assert "35% object-centred, 45% ROI-scale" in R.model_card(tmp_path, rep)
+    card = R.model_card(tmp_path, rep)
+    assert "35% object-centred, 45% ROI-scale" in card and "tower + projector at 0.1x" in card
+    assert "word-level term" not in card and "options from colours in view" not in card
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist, "recipe": {
+        "tower_lr_scale": 0.0, "c_words": 1.0, "word_margin": 0.35, "options_in_view": True}}))
+    card = R.model_card(tmp_path, rep)   # run 10's fields (D40, D41)
+    assert "tower + projector frozen" in card and "word-level term (weight 1, decisions D41)" in card
+    assert "above 0.35" in card and "options from colours in view (D40)" in card
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)
