@@ -104,6 +104,10 @@ VARIANTS = {
 # shape probe (roi shape word 56.8 -> 63.9)
 VARIANTS["run-10"] = {**VARIANTS["run-9"], "steps": {"C": 4800, "P": 1000, "L": 1500, "I": 2400},
                       "min_steps": {"C": 4800, "P": 300, "L": 300, "I": 1500}}
+# run 11 (stage I only, on run 10's stages C, P, L): run 10 shipped with the colour question on views with other
+# objects at 48 (gate 85) and FOCUS 1 pp short of its goal; more of stage I goes to colour questions (50%) and to
+# ROI-scale views (60%)
+VARIANTS["run-11"] = {**VARIANTS["run-10"], "mix": (0.5, 0.58, 0.66), "i_roi": 0.6}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -699,7 +703,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 stage I only, run-9 and run-10 whole runs")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 and run-11 stage I only, run-9 and run-10 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
