@@ -433,8 +433,8 @@ def verdict(rep: dict) -> str:
         bottom = (f"\n\n**Bottom line:** the fine-grained failure is reproduced (oracle crop {ora}% vs vanilla {van}%) "
                   f"and FOCUS recovers part of the gap (n=8: {f8}%, +{round(f8 - van, 1)} pp, "
                   f"{round(100 * (f8 - van) / max(1e-9, ora - van))}% of the oracle's gain; the goal is "
-                  f"+{GOALS['FOCUS n=8 over vanilla']:.0f} pp). Its chosen crops hold the target on {hits}% of "
-                  "questions, and those crops are larger than the oracle's, with other objects in view.")
+                  f"+{GOALS['FOCUS n=8 over vanilla']:.0f} pp). Its chosen crops hold the target on {hits}% of all "
+                  "questions (both kinds), and those crops are larger than the oracle's, with other objects in view.")
     else:
         ex = rep["existence"]
         neg = [k for k in ("elsewhere", "absent") if k in ex]
