@@ -5,6 +5,7 @@ import os
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -412,3 +413,24 @@ def test_results_of_other_weights_under_the_same_name_are_not_resumed(tiny_llava
     del m["weights"]
     meta.write_text(json.dumps(m))
     assert len(_eval(load_mllm(str(ckpt), device="cpu"), src, out, limit=2)["records"]) == 2
+
+
+def test_weights_fingerprint_of_a_large_file_samples_it(tmp_path):
+    """Above 64 MiB the fingerprint reads 18 MiB (start, end, 16 points between), so a 7B checkpoint costs no
+    minute to load; a change at the start or the end of a shard still changes it, as does another size."""
+    from focuslib.models import weights_fingerprint
+    f = tmp_path / "model-00001-of-00002.safetensors"
+    size = 65 << 20
+    data = bytearray(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    f.write_bytes(data)
+    first = weights_fingerprint(str(tmp_path))
+    for pos in (10, size - 10):
+        changed = bytearray(data)
+        changed[pos] ^= 0xFF
+        f.write_bytes(changed)
+        assert weights_fingerprint(str(tmp_path)) != first
+    f.write_bytes(data + b"\0")
+    assert weights_fingerprint(str(tmp_path)) != first
+    f.write_bytes(data)
+    assert weights_fingerprint(str(tmp_path)) == first
+    assert weights_fingerprint(str(tmp_path / "none")) is None   # neither a folder nor a hub config

@@ -427,7 +427,7 @@ def verdict(rep: dict) -> str:
     elif g["FOCUS"][1]:
         bottom = ("\n\n**Bottom line:** the fine-grained failure is reproduced (the target is unreadable in the "
                   "whole image, readable on a crop) and FOCUS's search recovers most of the gap.")
-    elif g["FOCUS"][1] is False and acc.get("FOCUS n=8", {}).get(da, 0) - acc["vanilla"].get(da, 0) >= 10:
+    elif acc.get("FOCUS n=8", {}).get(da, 0) - acc["vanilla"].get(da, 0) >= 10:   # short of the goal, but helps
         f8, van, ora = acc["FOCUS n=8"].get(da), acc["vanilla"].get(da), acc["oracle crop"].get(da)
         hits = acc["FOCUS n=8"].get("crop hits GT %")
         bottom = (f"\n\n**Bottom line:** the fine-grained failure is reproduced (oracle crop {ora}% vs vanilla {van}%) "
