@@ -108,6 +108,10 @@ VARIANTS["run-10"] = {**VARIANTS["run-9"], "steps": {"C": 4800, "P": 1000, "L": 
 # objects at 48 (gate 85) and FOCUS 1 pp short of its goal; more of stage I goes to colour questions (50%) and to
 # ROI-scale views (60%)
 VARIANTS["run-11"] = {**VARIANTS["run-10"], "mix": (0.5, 0.58, 0.66), "i_roi": 0.6}
+# run 12 (stage I only, on run 10's stages C, P, L): run 10's stage I with the tower + projector tuned at 0.1x (as
+# in runs 4-5): with another object of an option's colour in view the shipped model reads the wrong object's colour
+# (62-68% vs 100%), and a frozen tower cannot adapt its tokens to that binding
+VARIANTS["run-12"] = {**VARIANTS["run-10"], "tower_lr_scale": 0.1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -703,7 +707,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 and run-11 stage I only, run-9 and run-10 whole runs")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11 and run-12 stage I only, run-9 and run-10 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
