@@ -35,7 +35,7 @@ def measure(model: str, n: int = 200, seed: int = R.HELD_OUT_SEED) -> dict:
     for it in tqdm(items, desc="crops", mininterval=10):
         tb = it.bboxes[0]
         tr = focus.answer(it.image, it.text)
-        hit = any(R._overlaps(R._xyxy(tb), c) for c in tr.chosen_boxes)
+        hit = R.crops_hold(tr.chosen_boxes, [tb])
         rows[f"FOCUS n=8, chosen crops {'hold' if hit else 'miss'} the target"].append(exact_match(tr.answer, it.label))
         for side in SIDES:
             crop, win = R._crop_around(it.image, tb, side, rng)

@@ -383,7 +383,6 @@ def test_results_of_other_weights_under_the_same_name_are_not_resumed(tiny_llava
     weights' records (the shipped miniature's smoke figures once were). The fingerprint follows the content."""
     import shutil
 
-    import numpy as np
     from safetensors.numpy import load_file, save_file
 
     from focuslib.models import load_mllm, weights_fingerprint

@@ -46,6 +46,11 @@ def _overlaps(a, b) -> bool:
     return box_iou(a, b) > 0
 
 
+def crops_hold(chosen: list, bboxes: list) -> bool:
+    """Whether FOCUS's chosen crops (xyxy) overlap every ground-truth box (xywh): the report's "crop hits GT"."""
+    return all(any(_overlaps(_xyxy(b), c) for c in chosen) for b in bboxes)
+
+
 def _xyxy(b):
     return (b[0], b[1], b[0] + b[2], b[1] + b[3])
 
@@ -72,8 +77,7 @@ def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_ST
                 tr = f.answer(it.image, it.text)
                 pred = tr.answer
                 fps[name].append(tr.search_fp)
-                gts = [_xyxy(b) for b in it.bboxes]
-                hits[name].append(all(any(_overlaps(g, c) for c in tr.chosen_boxes) for g in gts))
+                hits[name].append(crops_hold(tr.chosen_boxes, it.bboxes))
             ok = exact_match(pred, it.label)
             rows[name][it.category].append(ok)
             rows[name]["all"].append(ok)
