@@ -164,3 +164,26 @@ def test_report_uses_the_cycle_mean_and_flags_a_partial_run():
                                source="paper (X)", note="")])
     wide = report.side_by_side(pd.concat([paper, acc.assign(setting="-")]), ["method"], ["benchmark"])
     assert [c[-1] for c in wide.columns] == ["paper (X)", "ours (m) [partial: 4 of 800 samples]"]
+
+
+def test_wilson_interval_matches_reference_values():
+    # reference: the Wilson score formula as statsmodels' proportion_confint(k, n, method="wilson") gives it
+    lo, hi = M.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(27.75, abs=0.01)
+    lo, hi = M.wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(23.66, abs=0.01), pytest.approx(76.34, abs=0.01))
+    lo, hi = M.wilson_interval(838, 1000)
+    assert lo < 83.8 < hi and hi - lo == pytest.approx(4.56, abs=0.02)   # about 2 x 1.96 x sqrt(.838 x .162 / 1000)
+    assert all(math.isnan(x) for x in M.wilson_interval(0, 0))
+
+
+def test_paired_difference_uses_the_per_question_differences():
+    assert M.paired_difference([1] * 10, [0] * 10) == (100.0, 100.0, 100.0)   # no spread: the interval is a point
+    d, lo, hi = M.paired_difference([1, 1, 0, 0], [0, 1, 0, 1])   # d = 1, 0, 0, -1: sd sqrt(2/3)
+    assert d == 0.0 and hi == pytest.approx(-lo) and hi == pytest.approx(100 * 1.96 * math.sqrt(2 / 3) / 2)
+    # pairing: the same 40-point gap is tighter when the questions B gets right A also gets right
+    nested = M.paired_difference([1] * 60 + [0] * 40, [1] * 20 + [0] * 80)
+    crossed = M.paired_difference([1] * 60 + [0] * 40, [0] * 80 + [1] * 20)
+    assert nested[0] == crossed[0] == pytest.approx(40.0) and nested[2] - nested[1] < crossed[2] - crossed[1]
+    with pytest.raises(ValueError, match="equally long"):
+        M.paired_difference([1, 0], [1])

@@ -146,3 +146,21 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
     assert "above 0.35" in card and "options from colours in view (D40)" in card
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)
+
+
+def test_goals_state_the_interval_of_the_paired_difference_when_outcomes_are_recorded():
+    rep = _report(van=24.0, ora=98.0, focus=48.0, rnd=42.0, kk=46.0, loc_preset=11.0)
+    assert "interval" not in R.goals(rep)["FOCUS"][0]   # reports written before outcomes were recorded
+    # 100 questions: vanilla right on the first 24, FOCUS on 48 of them (16 of vanilla's and 32 more)
+    van = "1" * 24 + "0" * 76
+    foc = "1" * 16 + "0" * 8 + "1" * 32 + "0" * 44
+    kk = "1" * 46 + "0" * 54
+    rep["outcomes"] = {"vanilla": {"direct_attributes": van}, "FOCUS n=8": {"direct_attributes": foc},
+                       "FOCUS K-K map n=8": {"direct_attributes": kk}}
+    g = R.goals(rep)
+    d = [int(a) - int(b) for a, b in zip(foc, van)]
+    half = 1.96 * (sum((x - 0.24) ** 2 for x in d) / 99) ** 0.5 / 10 * 100
+    assert f"difference +24.0 pp, 95% interval {24 - half:+.1f} to {24 + half:+.1f} on the same 100" in g["FOCUS"][0]
+    assert not g["FOCUS"][1]   # the goal is decided on the estimate; the interval only says how sure it is
+    assert "difference +2.0 pp" in g["V-V vs K-K, random (accuracy)"][0]
+    assert "existence on ROI-sized crops 95.0% (95% interval" in g["existence"][0]

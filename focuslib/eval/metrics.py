@@ -112,6 +112,31 @@ def accuracy(flags: Iterable[bool]) -> float:
     return 100.0 * sum(flags) / len(flags) if flags else float("nan")
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval (in %) of a rate of k successes in n: small-sample safe (never outside 0-100,
+    not empty at 0 or n). (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> tuple[float, float, float]:
+    """Accuracy of `a` minus accuracy of `b` on the SAME questions (in pp) with its 95% interval, from the
+    per-question differences d_i = a_i - b_i in {-1, 0, 1} (normal approximation, sd with ddof 1): pairing
+    removes the questions both get right or wrong, so it is tighter than two independent intervals."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired_difference needs two equally long lists of >= 2 outcomes, got {len(a)} and {len(b)}")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return 100.0 * mean, 100.0 * (mean - half), 100.0 * (mean + half)
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None

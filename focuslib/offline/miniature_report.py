@@ -29,7 +29,7 @@ from focuslib.core.config import preset
 from focuslib.core.relevance import object_relevance, random_relevance
 from focuslib.core.rois import box_iou
 from focuslib.core.search import Focus
-from focuslib.eval.metrics import exact_match
+from focuslib.eval.metrics import exact_match, paired_difference, wilson_interval
 from focuslib.models import load_mllm
 from focuslib.models.base import yes_confidence
 from focuslib.offline import synthetic
@@ -55,8 +55,10 @@ def _xyxy(b):
     return (b[0], b[1], b[0] + b[2], b[1] + b[3])
 
 
-def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_STEPS) -> dict:
-    """Accuracy (%) per method and category, plus FOCUS's search forward passes and crop hit rate."""
+def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_STEPS) -> tuple[dict, dict]:
+    """Accuracy (%) per method and category, plus FOCUS's search forward passes and crop hit rate; and each
+    method's per-question outcomes per category ("1"/"0" per question, in item order), from which the report's
+    intervals of paired differences are computed (`goals`)."""
     fam = mllm.family
     methods = {"vanilla": None, "oracle crop": None}
     methods.update({f"FOCUS n={n}": Focus(mllm, preset(fam, "vstar", n_steps=n)) for n in steps})
@@ -89,7 +91,9 @@ def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_ST
             out[name]["crop hits GT %"] = round(100 * float(np.mean(hits[name])), 1)
     cats = sorted({it.category for it in items})
     out["chance"] = {c: round(100 / (4 if c == "direct_attributes" else 2), 1) for c in cats}
-    return out
+    outcomes = {name: {c: "".join("1" if ok else "0" for ok in v) for c, v in cats_.items() if c != "all"}
+                for name, cats_ in rows.items()}
+    return out, outcomes
 
 
 def _crop_around(image, box, side, rng):
@@ -255,9 +259,10 @@ def run(model: str, n: int = 200, seed: int = HELD_OUT_SEED, out: str | Path | N
     torch.manual_seed(0)
     mllm = load_mllm(model, device="cpu", dtype="float32")
     items = synthetic.generate(n, seed=seed)
+    loc, ex = localization(mllm, items), existence(mllm, items)   # in this order, as every recorded report
+    acc, outcomes = accuracy(mllm, items, steps, random_steps)
     rep = {"model": str(model), "benchmark": f"focuslib.offline.synthetic.generate({n}, seed={seed})",
-           "localization": localization(mllm, items), "existence": existence(mllm, items),
-           "accuracy": accuracy(mllm, items, steps, random_steps)}
+           "localization": loc, "existence": ex, "accuracy": acc, "outcomes": outcomes}
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +346,16 @@ GOALS = {"oracle crop": 90.0, "vanilla over chance": 10.0, "FOCUS n=8 over vanil
          "existence": 90.0}   # issue 16's goals, on colour questions (direct_attributes) unless said
 
 
+def _paired_note(rep: dict, a: str, b: str, cat: str = "direct_attributes") -> str:
+    """' (difference +x pp, 95% interval lo..hi on the same n questions)' from the report's per-question
+    outcomes; '' for reports written before they were recorded."""
+    oa, ob = (rep.get("outcomes", {}).get(m, {}).get(cat) for m in (a, b))
+    if not oa or not ob or len(oa) != len(ob):
+        return ""
+    d, lo, hi = paired_difference([c == "1" for c in oa], [c == "1" for c in ob])
+    return f" (difference {d:+.1f} pp, 95% interval {lo:+.1f} to {hi:+.1f} on the same {len(oa)} questions)"
+
+
 def goals(rep: dict) -> dict[str, tuple[str, bool]]:
     """Each goal of issue 16: (the sentence with its numbers, met?) computed from the report."""
     acc, da = rep["accuracy"], "direct_attributes"
@@ -352,18 +367,21 @@ def goals(rep: dict) -> dict[str, tuple[str, bool]]:
     ex = rep["existence"]
     n_ex = sum(ex["n"].values())
     ex_all = round(sum(ex[k] * ex["n"][k] for k in ex["n"]) / max(1, n_ex), 1)
+    ex_k = round(ex_all * n_ex / 100)
+    ex_ci = "" if not n_ex else " (95% interval {:.1f}-{:.1f})".format(*wilson_interval(ex_k, n_ex))
     out = {
         "oracle crop": (f"oracle crop {ora}% >= {GOALS['oracle crop']:.0f}%", ora >= GOALS["oracle crop"]),
         "vanilla": (f"vanilla {van}% <= chance {chance}% + {GOALS['vanilla over chance']:.0f} pp",
                     van <= chance + GOALS["vanilla over chance"]),
-        "FOCUS": (f"FOCUS n=8 {f8}% >= vanilla {van}% + {GOALS['FOCUS n=8 over vanilla']:.0f} pp",
-                  f8 >= van + GOALS["FOCUS n=8 over vanilla"]),
-        "existence": (f"existence on ROI-sized crops {ex_all}% over all {n_ex} questions (" + ", ".join(
+        "FOCUS": (f"FOCUS n=8 {f8}% >= vanilla {van}% + {GOALS['FOCUS n=8 over vanilla']:.0f} pp"
+                  + _paired_note(rep, "FOCUS n=8", "vanilla"), f8 >= van + GOALS["FOCUS n=8 over vanilla"]),
+        "existence": (f"existence on ROI-sized crops {ex_all}%{ex_ci} over all {n_ex} questions (" + ", ".join(
             f"{k} {ex[k]}%" for k in ex["n"]) + f") >= {GOALS['existence']:.0f}%", ex_all >= GOALS["existence"]),
     }
     if kk8 is not None and rnd8 is not None:
         out["V-V vs K-K, random (accuracy)"] = (
-            f"FOCUS n=8 with the V-V map {f8}% vs K-K map {kk8}% and random map {rnd8}%", f8 > max(kk8, rnd8))
+            f"FOCUS n=8 with the V-V map {f8}% vs K-K map {kk8}% and random map {rnd8}%"
+            + _paired_note(rep, "FOCUS n=8", "FOCUS K-K map n=8"), f8 > max(kk8, rnd8))
     for kind, loc in rep["localization"]["tables"].items():
         pre = loc["preset (paper's fraction)"]
         ch = loc["chance (uniform cell)"]["hit@1 target %"]
