@@ -371,7 +371,9 @@ def test_make_miniature_trains_the_shipped_recipe():
     from focuslib.offline.embedded import SHIPPED_MINIATURE
     meta = json.loads((SHIPPED_MINIATURE / "focuslib.json").read_text())
     want = json.loads(json.dumps(M3.asdict(replace(M3.Recipe3(), **M3.VARIANTS["run-10"]))))
-    assert {k: meta["recipe"].get(k) for k in want} == want
+    # a field added after the model was trained (i_ema) is absent from its record; its default is the old behaviour
+    defaults = json.loads(json.dumps(M3.asdict(M3.Recipe3())))
+    assert {k: meta["recipe"].get(k, defaults[k]) for k in want} == want
     if shutil.which("make"):
         root = Path(__file__).resolve().parents[1]
         cmd = subprocess.run(["make", "-n", "-s", "miniature", "STAMP=", "KERNEL="], cwd=root, capture_output=True,
@@ -395,3 +397,51 @@ def test_shape_reading_items_are_balanced_and_their_answers_true(processor, monk
     assert M3.probe_shape_reading(model, r, processor, batches=1) == {"easy": 50.0, "roi": 50.0}
     monkeypatch.setattr(M, "answer_hits", lambda model, inputs, labels, eos: [True] * labels.shape[0])
     assert M3.probe_shape_reading(model, r, processor, batches=1) == {"easy": 100.0, "roi": 100.0}
+
+
+def test_weight_average_follows_its_formula_and_probes_see_it_without_moving_training():
+    p = [torch.nn.Parameter(torch.tensor([1.0, 2.0]))]
+    avg = [torch.zeros(2)]
+    M3.ema_update(avg, p, decay=0.998, step=0)   # warm-up: d = 1 / 10
+    assert torch.allclose(avg[0], torch.tensor([0.9, 1.8]))
+    M3.ema_update(avg, p, decay=0.5, step=1000)  # past the warm-up the decay caps d
+    assert torch.allclose(avg[0], torch.tensor([0.95, 1.9]))
+    with M3.averaged(p, avg):
+        assert torch.equal(p[0].detach(), avg[0])
+    assert torch.equal(p[0].detach(), torch.tensor([1.0, 2.0]))   # training weights back after the probe
+    with M3.averaged(p, None):
+        assert torch.equal(p[0].detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_stage_i_with_a_weight_average_saves_the_average_and_resumes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(M3, "probe_c", lambda *a, **k: {})
+    monkeypatch.setattr(M3, "probe_lm", lambda *a, **k: {})
+    base = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}, budget_s=1e9, tower_lr_scale=0.0),
+                   steps={"C": 2, "P": 2, "L": 2, "I": 5}, min_steps={"C": 2, "P": 2, "L": 2, "I": 5})
+    M3.train(tmp_path / "plain", base, workers=0, log=lambda *_: None)
+    for stage in "CPL":   # both average runs start stage I from the same weights
+        for d in ("avg", "cut"):
+            (tmp_path / d).mkdir(exist_ok=True)
+            (tmp_path / d / f"stage-{stage}.pt").write_bytes((tmp_path / "plain" / f"stage-{stage}.pt").read_bytes())
+    r = replace(base, i_ema=0.9)
+    M3.train(tmp_path / "avg", r, workers=0, log=lambda *_: None)
+    real, calls = M.sgd_step, []
+
+    def stop_at_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(M, "sgd_step", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        M3.train(tmp_path / "cut", r, workers=0, log=lambda *_: None)
+    assert torch.load(tmp_path / "cut" / "stage-I.partial.pt", weights_only=False)["avg"] is not None
+    monkeypatch.setattr(M, "sgd_step", real)
+    M3.train(tmp_path / "cut", r, workers=0, log=lambda *_: None)
+    plain, avg, cut = (torch.load(tmp_path / d / "stage-I.pt", weights_only=False)["model"] for d in ("plain", "avg", "cut"))
+    lm = [k for k in plain if "language_model" in k and "embed_tokens" not in k]
+    tower = [k for k in plain if "vision_tower" in k]
+    assert all(torch.equal(avg[k], cut[k]) for k in plain)   # the interrupted run resumed its average exactly
+    assert any(not torch.equal(avg[k], plain[k]) for k in lm)   # stage I saved the average, not the last step
+    assert all(torch.equal(avg[k], plain[k]) for k in tower)   # frozen parts are untouched

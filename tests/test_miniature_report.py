@@ -143,7 +143,10 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
         "tower_lr_scale": 0.0, "c_words": 1.0, "word_margin": 0.35, "options_in_view": True}}))
     card = R.model_card(tmp_path, rep)   # run 10's fields (D40, D41)
     assert "tower + projector frozen" in card and "word-level term (weight 1, decisions D41)" in card
-    assert "above 0.35" in card and "options from colours in view (D40)" in card
+    assert "above 0.35" in card and "options from colours in view (D40)" in card and "moving average" not in card
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist, "recipe": {
+        "i_ema": 0.998}}))
+    assert "moving average of its weights (decay min(0.998, " in R.model_card(tmp_path, rep)
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)
 

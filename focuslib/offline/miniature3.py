@@ -29,6 +29,7 @@ Data are pure functions of (seed, stage, step); the evaluation seeds (synthetic.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -84,6 +85,8 @@ class Recipe3(M.Recipe):
     c_words: float = 0.0       # C: weight of the word-level term (FILIP's token-wise max similarity, D41); 0 = run 5
     word_margin: float = 0.35  # C: max cosine of a present word's best image token is pushed above this, an absent's below
     word_tau: float = 0.1
+    i_ema: float = 0.0         # I: the model probed and saved is an exponential moving average of the weights
+    #                            with this decay (Polyak averaging; 0 = the last step's weights, runs 5-12)
 
 
 # Variants tried after run 5 (D40, D41, benchmarks/results_miniature.md): `--variant NAME` replaces these fields
@@ -112,6 +115,11 @@ VARIANTS["run-11"] = {**VARIANTS["run-10"], "mix": (0.5, 0.58, 0.66), "i_roi": 0
 # in runs 4-5): with another object of an option's colour in view the shipped model reads the wrong object's colour
 # (62-68% vs 100%), and a frozen tower cannot adapt its tokens to that binding
 VARIANTS["run-12"] = {**VARIANTS["run-10"], "tower_lr_scale": 0.1}
+# run 13 (stage I only, on run 10's stages C, P, L): run 10's stage I, keeping an average of the weights (decay
+# min(0.998, (1 + t) / (10 + t)): about the last 270 steps at step 2400): stage I's probes swing between checkpoints (exists-yes 35 -> 97 within 300
+# steps on seed 1) and three draws of stage I gave value maps of 12-50% hit@1, so the last step's weights are a
+# random point of an oscillation; the average is the usual remedy
+VARIANTS["run-13"] = {**VARIANTS["run-10"], "i_ema": 0.998}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -579,6 +587,34 @@ def _groups(model, stage: str, r: "Recipe3") -> list[dict]:
     return groups
 
 
+def ema_update(avg: list, params: list, decay: float, step: int) -> None:
+    """avg <- d * avg + (1 - d) * params in place, with d = min(decay, (1 + step) / (10 + step)): the usual
+    warm-up, so the average is not pinned to the weights the stage started from."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for a, p in zip(avg, params):
+            a.lerp_(p.detach(), 1 - d)
+
+
+@contextlib.contextmanager
+def averaged(params: list, avg: list | None):
+    """Within the block the trainable weights are the average (so the probes measure the model that will be
+    saved); the training weights come back after it. No-op without an average."""
+    if avg is None:
+        yield
+        return
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, a in zip(params, avg):
+            p.copy_(a)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
 def _to(b, device):
     if torch.is_tensor(b):
         return b.to(device)
@@ -624,11 +660,14 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
         start, ck, before = 0, out / f"stage-{stage}.partial.pt", 0.0
+        avg = [p.detach().clone() for p in params] if stage == "I" and r.i_ema else None
         if ck.exists():
             state = torch.load(ck, weights_only=False)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
+            if avg is not None:
+                avg = [a.to(device) for a in state["avg"]]
             start, before = state["step"], state.get("seconds", 0.0)   # time spent before the interruption counts
             t_start -= before
             log(f"stage {stage}: resuming at step {start}")
@@ -648,10 +687,14 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
             else:
                 loss = model(**M._inputs(model, stage, b, tok), labels=b["labels"]).loss
             ema = M.sgd_step(loss, opt, sched, params, ema, bar, history, stage, step)
+            if avg is not None:
+                ema_update(avg, params, r.i_ema, step)
             last = step + 1 == steps or time.time() - t_start > r.budget_s
             if (step + 1) % r.probe_every == 0 or last:
                 model.eval()
-                acc = probe_c(model, r, processor, table) if stage == "C" else probe_lm(model, r, stage, processor)
+                with averaged(params, avg):
+                    acc = (probe_c(model, r, processor, table) if stage == "C"
+                           else probe_lm(model, r, stage, processor))
                 model.train()
                 passed = gate_passed(acc, r.gates[stage])
                 history.append({"stage": stage, "step": step + 1, "probe": acc, "gate": passed})
@@ -663,11 +706,15 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
             if (step + 1) % r.checkpoint_every == 0:
                 tmp = ck.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "step": step + 1, "seconds": time.time() - t0}, tmp)
+                            "step": step + 1, "seconds": time.time() - t0, "avg": avg}, tmp)
                 tmp.replace(ck)
                 hist_path.write_text(json.dumps(history))
         history.append({"stage": stage, "seconds": round(time.time() - t0, 1), "steps_run": step + 1,
                         "passed": passed})
+        if avg is not None:   # the stage's model is the average (what its probes measured)
+            with torch.no_grad():
+                for p, a in zip(params, avg):
+                    p.copy_(a)
         if stage == "C":   # image tokens start at the word embeddings' norm (what the LM will read)
             pv = make_c_batch(r, 0, processor)["pixel_values"].to(device)
             k = M.match_projector_scale(model, pv)
@@ -707,7 +754,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11 and run-12 stage I only, run-9 and run-10 whole runs")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 and run-11..13 stage I only, run-9 and run-10 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

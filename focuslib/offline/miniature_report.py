@@ -414,6 +414,9 @@ def recipe_text(meta: dict) -> str:
                  "maximum)." if rec.get("c_words") else "")
         if rec.get("options_in_view"):
             words += " Stage I's colour questions take their wrong options from colours in view (D40)."
+        if rec.get("i_ema"):
+            words += (f" Stage I's model (probed and saved) is a moving average of its weights (decay "
+                      f"min({rec['i_ema']:g}, (1 + t) / (10 + t)) at step t).")
         return ("**Recipe** attempt-3 (`make miniature RECIPE=attempt-3`, `focuslib/offline/miniature3.py`, decisions "
                 "D37), stages gated by held-out probes: C region-phrase contrastive pre-training of tower + projector "
                 "against the LM's frozen unit-scale word embeddings (CLIP's softmax over the 48 colour-shape phrases "
