@@ -283,6 +283,22 @@ def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(proces
     assert blind_acc["roi shape word"] <= 60.0   # chance 50
 
 
+def _interrupted_train(monkeypatch, out, r, at_step: int) -> None:
+    """Run `train` until its `at_step`-th optimizer step (counted over all stages it runs), then Ctrl-C it."""
+    real, calls = M.sgd_step, []
+
+    def stop(*a, **k):
+        calls.append(1)
+        if len(calls) == at_step:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(M, "sgd_step", stop)
+    with pytest.raises(KeyboardInterrupt):
+        M3.train(out, r, workers=0, log=lambda *_: None)
+    monkeypatch.setattr(M, "sgd_step", real)
+
+
 def test_an_interrupted_stage_keeps_the_time_spent_before_it(tmp_path, monkeypatch):
     """A resumed stage's seconds (the card's and the 90-min budget's) include the run before the interruption."""
     class Clock:   # every reading advances 10 s
@@ -296,20 +312,9 @@ def test_an_interrupted_stage_keeps_the_time_spent_before_it(tmp_path, monkeypat
     monkeypatch.setattr(M3, "probe_c", lambda *a, **k: {})
     r = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}, budget_s=1e9),
                 steps={"C": 6, "P": 3, "L": 3, "I": 3}, min_steps={"C": 6, "P": 1, "L": 1, "I": 1})
-    real, calls = M.sgd_step, []
-
-    def stop_at_4(*a, **k):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(M, "sgd_step", stop_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    _interrupted_train(monkeypatch, tmp_path, r, at_step=4)
     before = torch.load(tmp_path / "stage-C.partial.pt", weights_only=False)["seconds"]
     assert before >= 30.0
-    monkeypatch.setattr(M, "sgd_step", real)
     res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
     c = next(h for h in res["history"] if h["stage"] == "C" and "seconds" in h)
     assert c["steps_run"] == 6 and c["seconds"] > before
@@ -425,19 +430,8 @@ def test_stage_i_with_a_weight_average_saves_the_average_and_resumes_it(tmp_path
             (tmp_path / d / f"stage-{stage}.pt").write_bytes((tmp_path / "plain" / f"stage-{stage}.pt").read_bytes())
     r = replace(base, i_ema=0.9)
     M3.train(tmp_path / "avg", r, workers=0, log=lambda *_: None)
-    real, calls = M.sgd_step, []
-
-    def stop_at_3(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(M, "sgd_step", stop_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        M3.train(tmp_path / "cut", r, workers=0, log=lambda *_: None)
+    _interrupted_train(monkeypatch, tmp_path / "cut", r, at_step=3)
     assert torch.load(tmp_path / "cut" / "stage-I.partial.pt", weights_only=False)["avg"] is not None
-    monkeypatch.setattr(M, "sgd_step", real)
     M3.train(tmp_path / "cut", r, workers=0, log=lambda *_: None)
     plain, avg, cut = (torch.load(tmp_path / d / "stage-I.pt", weights_only=False)["model"] for d in ("plain", "avg", "cut"))
     lm = [k for k in plain if "language_model" in k and "embed_tokens" not in k]

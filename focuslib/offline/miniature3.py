@@ -604,15 +604,17 @@ def averaged(params: list, avg: list | None):
         yield
         return
     saved = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, a in zip(params, avg):
-            p.copy_(a)
+    _load_into(params, avg)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+        _load_into(params, saved)
+
+
+def _load_into(params: list, values: list) -> None:
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
 
 
 def _to(b, device):
@@ -712,9 +714,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         history.append({"stage": stage, "seconds": round(time.time() - t0, 1), "steps_run": step + 1,
                         "passed": passed})
         if avg is not None:   # the stage's model is the average (what its probes measured)
-            with torch.no_grad():
-                for p, a in zip(params, avg):
-                    p.copy_(a)
+            _load_into(params, avg)
         if stage == "C":   # image tokens start at the word embeddings' norm (what the LM will read)
             pv = make_c_batch(r, 0, processor)["pixel_values"].to(device)
             k = M.match_projector_scale(model, pv)
