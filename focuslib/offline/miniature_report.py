@@ -83,16 +83,15 @@ def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_ST
             ok = exact_match(pred, it.label)
             rows[name][it.category].append(ok)
             rows[name]["all"].append(ok)
-    out = {}
+    out, outcomes = {}, {}
     for name, cats in rows.items():
         out[name] = {c: round(100 * float(np.mean(v)), 1) for c, v in cats.items()}
+        outcomes[name] = {c: "".join("1" if ok else "0" for ok in v) for c, v in cats.items() if c != "all"}
         if name in fps:
             out[name]["search FP"] = round(float(np.mean(fps[name])), 2)
             out[name]["crop hits GT %"] = round(100 * float(np.mean(hits[name])), 1)
     cats = sorted({it.category for it in items})
     out["chance"] = {c: round(100 / (4 if c == "direct_attributes" else 2), 1) for c in cats}
-    outcomes = {name: {c: "".join("1" if ok else "0" for ok in v) for c, v in cats_.items() if c != "all"}
-                for name, cats_ in rows.items()}
     return out, outcomes
 
 
