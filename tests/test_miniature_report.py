@@ -167,3 +167,14 @@ def test_goals_state_the_interval_of_the_paired_difference_when_outcomes_are_rec
     assert not g["FOCUS"][1]   # the goal is decided on the estimate; the interval only says how sure it is
     assert "difference +2.0 pp" in g["V-V vs K-K, random (accuracy)"][0]
     assert "existence on ROI-sized crops 95.0% (95% interval" in g["existence"][0]
+
+
+def test_bottom_line_states_the_goal_lines_difference_not_one_of_rounded_accuracies():
+    """400 questions: vanilla 103 right (25.75% -> 25.8), FOCUS 178 (44.5%); the difference is 18.75 pp, which
+    the goal line prints +18.8; the bottom line must not say 44.5 - 25.8 = 18.7."""
+    rep = _report(van=25.8, ora=97.5, focus=44.5, rnd=40.8, kk=40.8, loc_preset=9.2)
+    rep["outcomes"] = {"vanilla": {"direct_attributes": "1" * 103 + "0" * 297},
+                       "FOCUS n=8": {"direct_attributes": "1" * 178 + "0" * 222}}
+    assert "difference +18.8 pp" in R.goals(rep)["FOCUS"][0]
+    v = R.verdict(rep)
+    assert "(n=8: 44.5%, +18.8 pp," in v and "18.7" not in v
