@@ -240,9 +240,51 @@ def test_word_loss_is_bce_of_the_best_tokens_cosine_and_ignores_unknown_words():
     assert M3.word_loss(p, present, torch.zeros_like(known), words, 0.35, 0.1) == 0
 
 
+def test_ground_targets_cover_every_object_of_each_resolvable_shape():
+    objs = [M.Obj("star", "red", (0, 0, 16, 16)),        # whole, resolvable
+            M.Obj("star", "blue", (48, 48, 4, 4)),       # too small alone, but a star: its cells count too
+            M.Obj("circle", "green", (40, 0, 16, 16)),   # whole, resolvable
+            M.Obj("cross", "green", (90, 0, 20, 20))]    # a fifth of it in view: no item of its own
+    seen = M.seen_objects(objs, (0, 0, 96, 96))
+    items = {M3.WORDS[k]: w for w, k in M3.ground_targets(seen, shape_px=6.0)}
+    assert set(items) == {"star", "circle"}
+    cells = lambda o: {k for k, _, _, f in M.word_scene([s for s in seen if s.obj is o]) if f > 0}  # noqa: E731
+    assert set(items["star"].nonzero()[:, 0].tolist()) == cells(objs[0]) | cells(objs[1])
+    assert set(items["circle"].nonzero()[:, 0].tolist()) == cells(objs[2])
+
+
+def test_ground_loss_is_low_when_the_word_finds_its_object_and_not_its_neighbour():
+    words = torch.eye(2, 4)                               # "star" on axis 0, "circle" on axis 1
+    star, circle = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    bg = torch.tensor([0, 0, 1.0, 0])
+    right = torch.stack([star, circle, bg])[None]       # [1 view, 3 tokens, 4]: token 0 is the star
+    swapped = torch.stack([circle, star, bg])[None]     # the star's features on the circle's token
+    ground = {"view": torch.tensor([0]), "word": torch.tensor([0]), "weights": torch.tensor([[1.0, 0, 0]])}
+    lo, hi = M3.ground_loss(right, ground, words, 0.1), M3.ground_loss(swapped, ground, words, 0.1)
+    # reference: softmax over the 3 tokens' cosines / tau, target token 0
+    assert lo.item() == pytest.approx(-torch.log_softmax(torch.tensor([10.0, 0, 0]), 0)[0].item(), rel=1e-5)
+    assert hi.item() == pytest.approx(-torch.log_softmax(torch.tensor([0, 10.0, 0]), 0)[0].item(), rel=1e-5)
+    empty = {"view": torch.zeros(0, dtype=torch.long), "word": torch.zeros(0, dtype=torch.long),
+             "weights": torch.zeros(0, 3)}
+    assert M3.ground_loss(right, empty, words, 0.1).item() == 0
+
+
 def _bce(best, y, margin, tau):
     z = (torch.as_tensor(best) - margin) / tau
     return -(y * torch.nn.functional.logsigmoid(z) + (1 - y) * torch.nn.functional.logsigmoid(-z))
+
+
+def test_stage_c_adds_the_grounding_term_only_when_the_recipe_asks(tmp_path, monkeypatch):
+    calls = []
+    real = M3.ground_loss
+    monkeypatch.setattr(M3, "ground_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(M3, "probe_c", lambda *a, **k: {})
+    for c_ground, want in ((0.0, 0), (1.0, 3)):
+        calls.clear()
+        r = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}, budget_s=1e9), c_ground=c_ground,
+                    steps={"C": 6, "P": 3, "L": 3, "I": 3}, min_steps={"C": 6, "P": 1, "L": 1, "I": 1})
+        _interrupted_train(monkeypatch, tmp_path / str(c_ground), r, at_step=3)   # cut in the 3rd C step
+        assert len(calls) == want
 
 
 def test_c_batches_carry_the_word_targets_of_their_views(processor):
@@ -256,8 +298,9 @@ def test_c_batches_carry_the_word_targets_of_their_views(processor):
 
 def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(processor, monkeypatch):
     """Planted towers: patches = the phrase of what covers them reads shape at ROI scale; patches that carry
-    only colour (the phrase averaged over the colour's 6 shapes) do not."""
-    r = replace(M3.Recipe3(), batch={**M3.Recipe3().batch, "C": 8})
+    only colour (the phrase averaged over the colour's 6 shapes) do not. 32 views a batch: enough views with
+    two shapes in view for the grounding probe (~50 items)."""
+    r = replace(M3.Recipe3(), batch={**M3.Recipe3().batch, "C": 32})
     model = M3.build_model(r, processor.tokenizer)
     table = M3.phrase_table(model, processor.tokenizer)
     last = {}
@@ -273,6 +316,7 @@ def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(proces
     oracle = M3.probe_c(model, r, processor, table, n=2)
     assert oracle["roi shape"] >= 90.0
     assert oracle["roi shape word"] >= 80.0 and oracle["mix shape word"] >= 80.0   # a shape word alone finds its object
+    assert oracle["roi ground"] >= 80.0   # ... and on its own object when another shape is in view
     blind = table.clone()
     blind[:M3.BG] = table[:M3.BG].view(len(M.COLORS), len(M.SHAPES), -1).mean(1, keepdim=True).expand(
         -1, len(M.SHAPES), -1).reshape(M3.BG, -1)
@@ -281,6 +325,7 @@ def test_roi_shape_probe_scores_an_oracle_tower_and_not_a_shape_blind_one(proces
     blind_acc = M3.probe_c(model, r, processor, table, n=2)
     assert blind_acc["roi shape"] <= 40.0   # chance 16.7
     assert blind_acc["roi shape word"] <= 60.0   # chance 50
+    assert blind_acc["roi ground"] <= 60.0   # a token of an object, which object is a coin toss between two
 
 
 def _interrupted_train(monkeypatch, out, r, at_step: int) -> None:

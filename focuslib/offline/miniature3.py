@@ -87,6 +87,9 @@ class Recipe3(M.Recipe):
     word_tau: float = 0.1
     i_ema: float = 0.0         # I: the model probed and saved is an exponential moving average of the weights
     #                            with this decay (Polyak averaging; 0 = the last step's weights, runs 5-12)
+    c_ground: float = 0.0      # C: weight of the shape-word grounding term (GLIP's word-region alignment, D41);
+    #                            0 = runs 5-13
+    ground_tau: float = 0.1
 
 
 # Variants tried after run 5 (D40, D41, benchmarks/results_miniature.md): `--variant NAME` replaces these fields
@@ -120,6 +123,11 @@ VARIANTS["run-12"] = {**VARIANTS["run-10"], "tower_lr_scale": 0.1}
 # from one probe to the next (seed 1: exists-yes 35 -> 97), so the last step's weights are a random point of an
 # oscillation; the average is the usual remedy. Result: smooth probes, 6 of 9 goals (run 10: 7), not shipped
 VARIANTS["run-13"] = {**VARIANTS["run-10"], "i_ema": 0.998}
+# run 14 (a whole run): run 10 plus the shape-word grounding term in stage C. With another shape in view the token
+# a shape word finds is on that shape 81% of the time in run 10's tower (probe "roi ground"), so the colour question
+# reads the wrong object's colour; a new tower trained 1500 steps with the term: 63 vs 36 without it
+# (benchmarks/miniature_grounding.py, results_miniature.md Update 6)
+VARIANTS["run-14"] = {**VARIANTS["run-10"], "c_ground": 1.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,6 +239,40 @@ def word_loss(p, present, known, words, margin: float, tau: float) -> torch.Tens
     return (bce * known).sum() / known.sum().clamp_min(1)
 
 
+def ground_targets(seen: list, shape_px: float) -> list[tuple[torch.Tensor, int]]:
+    """(coverage [144], shape word's index in WORDS) for each shape that some resolvable object in the view has
+    (>= half inside): where in the view that shape is. Every object of that shape counts, cut or small ones too,
+    so that finding the other star of a view is not punished."""
+    out = []
+    shapes = {s.obj.shape for s in seen
+              if s.frac >= 0.5 and max(s.box[2] - s.box[0], s.box[3] - s.box[1]) >= shape_px}
+    for shape in sorted(shapes):
+        w = torch.zeros(M.GRID * M.GRID)
+        for k, _, _, f in M.word_scene([s for s in seen if s.obj.shape == shape]):
+            w[k] += f
+        out.append((w, WORDS.index(shape)))
+    return out
+
+
+def ground_loss(p, ground: dict, words, tau: float) -> torch.Tensor:
+    """GLIP-style word-to-region grounding: a shape word's cosine to each image token of its view, softmax over
+    the view's 144 tokens, cross-entropy against where the shape is (its coverage, normalized).
+
+    p [B, N, d], ground {"view" [G], "word" [G], "weights" [G, N]}, words [W, d]. This is the read the colour
+    question needs when other objects are in view: the token a shape word finds must be on that shape, not on
+    its neighbour (probe "roi ground"; results_miniature.md, Update 6)."""
+    if not len(ground["word"]):
+        return p.sum() * 0
+    target = ground["weights"] / ground["weights"].sum(-1, keepdim=True)
+    return -(target * (ground_cosine(p, ground, words) / tau).log_softmax(-1)).sum(-1).mean()
+
+
+def ground_cosine(p, ground: dict, words) -> torch.Tensor:
+    """[G, N]: each grounding item's word against every image token of its view."""
+    return torch.einsum("gnd,gd->gn", F.normalize(p[ground["view"]], dim=-1),
+                        F.normalize(words[ground["word"]], dim=-1))
+
+
 def contrastive_loss(p, targets, table, tau, regions=None):
     """(loss, patch logits [B, 144, 49]) of projected patches `p`: CLIP's softmax over phrases, for patches
     and for object regions.
@@ -249,7 +291,7 @@ def contrastive_loss(p, targets, table, tau, regions=None):
 
 def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
     rng = np.random.default_rng([r.seed + seed_offset, 10, step])
-    images, ys, rv, rw, rp, wp, wk = [], [], [], [], [], [], []
+    images, ys, rv, rw, rp, wp, wk, gv, gw, gk = [], [], [], [], [], [], [], [], [], []
     while len(images) < r.batch["C"]:
         img, objs = M.make_scene(rng, r)
         for _ in range(4):
@@ -267,10 +309,14 @@ def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict
             wp.append(present), wk.append(known)
             for w, k in region_targets(seen, r.shape_px):
                 rv.append(len(images) - 1), rw.append(w), rp.append(k)
+            for w, k in ground_targets(seen, r.shape_px):
+                gv.append(len(images) - 1), gw.append(w), gk.append(k)
     pv = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     regions = {"view": torch.tensor(rv, dtype=torch.long), "phrase": torch.tensor(rp, dtype=torch.long),
                "weights": torch.stack(rw) if rw else torch.zeros(0, M.GRID * M.GRID)}
-    return {"pixel_values": pv, "targets": torch.stack(ys), "regions": regions,
+    ground = {"view": torch.tensor(gv, dtype=torch.long), "word": torch.tensor(gk, dtype=torch.long),
+              "weights": torch.stack(gw) if gw else torch.zeros(0, M.GRID * M.GRID)}
+    return {"pixel_values": pv, "targets": torch.stack(ys), "regions": regions, "ground": ground,
             "words": {"present": torch.stack(wp), "known": torch.stack(wk).float()}}
 
 
@@ -309,19 +355,25 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
         ok_bg += (pred == BG)[t[..., BG] >= 0.999].tolist()
     # shape at the scale of FOCUS's crops: each object's region against the 6 phrases of its own colour
     roi = replace(r, c_easy=0.0, c_roi=1.0)
-    ok_roi = []
+    ok_roi, ok_ground = [], []
     for step in range(n):
         b = make_c_batch(roi, step, processor, seed_offset=M.PROBE_SEED + 1)
         reg = b["regions"]
         p = projected_patches(model, b["pixel_values"])
         read_words(p, b["words"], "roi")
+        g = b["ground"]
+        if len(g["word"]):   # the token a shape word finds is on that shape, in views with another shape in view
+            best = ground_cosine(p, g, words).argmax(-1)
+            hit = g["weights"].gather(1, best[:, None])[:, 0] > 0
+            crowded = torch.bincount(g["view"], minlength=len(p))[g["view"]] > 1
+            ok_ground += hit[crowded].tolist()
         if len(reg["phrase"]):
             lg = region_logits(p, reg, table, r.tau)[:, :BG]
             lg = lg.view(-1, len(M.COLORS), len(M.SHAPES))[torch.arange(len(lg)), reg["phrase"] // len(M.SHAPES)]
             ok_roi += (lg.argmax(-1) == reg["phrase"] % len(M.SHAPES)).tolist()
     pct = lambda v: round(100 * float(np.mean(v)), 1) if v else 0.0  # noqa: E731
     return {"region phrase": pct(ok_region), "patch phrase": pct(ok_phrase), "patch colour": pct(ok_colour),
-            "background": pct(ok_bg), "roi shape": pct(ok_roi),
+            "background": pct(ok_bg), "roi shape": pct(ok_roi), "roi ground": pct(ok_ground),
             # a shape word read off the image tokens alone (best token's cosine above the margin), balanced: 50 = blind
             **{f"{k} shape word": round((pct(v[0]) + pct(v[1])) / 2, 1) for k, v in shape_words.items()}}
 
@@ -686,6 +738,8 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                 if r.c_words:
                     loss = loss + r.c_words * word_loss(p, b["words"]["present"], b["words"]["known"], words,
                                                         r.word_margin, r.word_tau)
+                if r.c_ground:
+                    loss = loss + r.c_ground * ground_loss(p, b["ground"], words, r.ground_tau)
             else:
                 loss = model(**M._inputs(model, stage, b, tok), labels=b["labels"]).loss
             ema = M.sgd_step(loss, opt, sched, params, ema, bar, history, stage, step)
@@ -754,7 +808,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 and run-11..13 stage I only, run-9 and run-10 whole runs")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 and run-11..13 stage I only, run-9, run-10 and run-14 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
