@@ -487,7 +487,8 @@ def verdict(rep: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="data/models/miniature-llava-1.5")
-    ap.add_argument("--n", type=int, default=800, help="held-out items, half colour questions (D42: 800 gives +-6 pp on a goal difference; ~35 min on 2 cores)")
+    ap.add_argument("--n", type=int, default=800, help="held-out items, half of them colour questions (D42: 800 "
+                    "gives about +-6 pp on a goal's difference; ~30 min on 2 cores)")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     ap.add_argument("--out", default=None, help="folder for report.json / report.md (default: the model folder)")
     ap.add_argument("--threads", type=int, default=None)
