@@ -15,7 +15,6 @@ over those steps), as a whole run with the term would start. ~16 min an arm at 1
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import replace
 
@@ -42,18 +41,13 @@ def continue_stage_c(model_dir: str | None, steps: int, ground: float, lr_scale:
         g["lr"] *= lr_scale
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    warm = max(1, steps // 30) if model_dir is None else 1   # a new tower: the recipe's warm-up and cosine
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if model_dir else min(1.0, (s + 1) / warm) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    # a new tower: the recipe's warm-up and cosine; a trained one: a constant rate
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, (lambda s: 1.0) if model_dir else M3.lr_factor(steps))
+    arm = replace(r, c_ground=ground)
     model.train()
     for step in tqdm(range(steps), desc=f"ground x{ground}", mininterval=10):
         b = M3.make_c_batch(r, 100_000 + step, processor)   # past the recipe's steps: views it never trained on
-        p = M3.projected_patches(model, b["pixel_values"])
-        loss, _ = M3.contrastive_loss(p, b["targets"], table, r.tau, b["regions"])
-        loss = loss + r.c_words * M3.word_loss(p, b["words"]["present"], b["words"]["known"], words,
-                                               r.word_margin, r.word_tau)
-        if ground:
-            loss = loss + ground * M3.ground_loss(p, b["ground"], words, r.ground_tau)
+        loss = M3.stage_c_loss(M3.projected_patches(model, b["pixel_values"]), b, table, words, arm)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

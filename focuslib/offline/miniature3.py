@@ -289,6 +289,18 @@ def contrastive_loss(p, targets, table, tau, regions=None):
     return loss, logits
 
 
+def stage_c_loss(p, b: dict, table, words, r: Recipe3) -> torch.Tensor:
+    """Stage C's loss on projected patches `p` [B, N, d] of batch `b`: phrase contrastive (patches and regions),
+    plus the word-level and grounding terms at the recipe's weights."""
+    loss, _ = contrastive_loss(p, b["targets"], table, r.tau, b["regions"])
+    if r.c_words:
+        loss = loss + r.c_words * word_loss(p, b["words"]["present"], b["words"]["known"], words,
+                                            r.word_margin, r.word_tau)
+    if r.c_ground:
+        loss = loss + r.c_ground * ground_loss(p, b["ground"], words, r.ground_tau)
+    return loss
+
+
 def make_c_batch(r: Recipe3, step: int, processor, seed_offset: int = 0) -> dict:
     rng = np.random.default_rng([r.seed + seed_offset, 10, step])
     images, ys, rv, rw, rp, wp, wk, gv, gw, gk = [], [], [], [], [], [], [], [], [], []
@@ -675,6 +687,12 @@ def _to(b, device):
     return {k: _to(v, device) for k, v in b.items()} if isinstance(b, dict) else b
 
 
+def lr_factor(steps: int):
+    """Every stage's learning-rate factor at step s: linear warm-up over 1/30 of `steps`, then cosine to 0.1."""
+    warm = max(1, steps // 30)
+    return lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
 def gate_passed(acc: dict, gate: dict) -> bool:
     return all(acc.get(k, 0.0) >= v for k, v in gate.items())
 
@@ -710,9 +728,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         params = [p for g in groups for p in g["params"]]
         opt = torch.optim.AdamW(groups, weight_decay=0.01)
         steps = r.steps[stage]
-        warm = max(1, steps // 30)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(steps))
         start, ck, before = 0, out / f"stage-{stage}.partial.pt", 0.0
         avg = [p.detach().clone() for p in params] if stage == "I" and r.i_ema else None
         if ck.exists():
@@ -733,13 +749,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         for step, b in bar:
             b = _to(b, device)
             if stage == "C":
-                p = projected_patches(model, b["pixel_values"])
-                loss, _ = contrastive_loss(p, b["targets"], table, r.tau, b["regions"])
-                if r.c_words:
-                    loss = loss + r.c_words * word_loss(p, b["words"]["present"], b["words"]["known"], words,
-                                                        r.word_margin, r.word_tau)
-                if r.c_ground:
-                    loss = loss + r.c_ground * ground_loss(p, b["ground"], words, r.ground_tau)
+                loss = stage_c_loss(projected_patches(model, b["pixel_values"]), b, table, words, r)
             else:
                 loss = model(**M._inputs(model, stage, b, tok), labels=b["labels"]).loss
             ema = M.sgd_step(loss, opt, sched, params, ema, bar, history, stage, step)
