@@ -182,11 +182,16 @@ def patch_targets(seen: list, shape_px: float) -> torch.Tensor:
     return y
 
 
+def resolvable(s, shape_px: float) -> bool:
+    """An object whose shape a view can show: at least half of it inside, and at least `shape_px` wide."""
+    return s.frac >= 0.5 and max(s.box[2] - s.box[0], s.box[3] - s.box[1]) >= shape_px
+
+
 def region_targets(seen: list, shape_px: float) -> list[tuple[torch.Tensor, int]]:
     """(coverage weights [144], phrase index) of each object in the view that is >= half inside and resolvable."""
     out = []
     for s in seen:
-        if s.frac < 0.5 or max(s.box[2] - s.box[0], s.box[3] - s.box[1]) < shape_px:
+        if not resolvable(s, shape_px):
             continue
         w = torch.zeros(M.GRID * M.GRID)
         for k, _, _, f in M.word_scene([s]):
@@ -244,8 +249,7 @@ def ground_targets(seen: list, shape_px: float) -> list[tuple[torch.Tensor, int]
     (>= half inside): where in the view that shape is. Every object of that shape counts, cut or small ones too,
     so that finding the other star of a view is not punished."""
     out = []
-    shapes = {s.obj.shape for s in seen
-              if s.frac >= 0.5 and max(s.box[2] - s.box[0], s.box[3] - s.box[1]) >= shape_px}
+    shapes = {s.obj.shape for s in seen if resolvable(s, shape_px)}
     for shape in sorted(shapes):
         w = torch.zeros(M.GRID * M.GRID)
         for k, _, _, f in M.word_scene([s for s in seen if s.obj.shape == shape]):
