@@ -126,8 +126,15 @@ VARIANTS["run-13"] = {**VARIANTS["run-10"], "i_ema": 0.998}
 # run 14 (a whole run): run 10 plus the shape-word grounding term in stage C. With another shape in view the token
 # a shape word finds is on that shape 81% of the time in run 10's tower (probe "roi ground"), so the colour question
 # reads the wrong object's colour; a new tower trained 1500 steps with the term: 63 vs 36 without it
-# (benchmarks/miniature_grounding.py, results_miniature.md Update 6)
+# (benchmarks/miniature_grounding.py, results_miniature.md Update 6). Result (Update 7): FOCUS n=8 +30.5 pp over
+# vanilla (run 10: +18.8), existence 88.6, but the map at the preset layers stopped localizing: 4 of 9, not shipped
 VARIANTS["run-14"] = {**VARIANTS["run-10"], "c_ground": 1.0}
+# run 15 (stage I only, on run 14's stages C, P, L): run 14's stage I with run 13's weight average. Run 14 met
+# FOCUS's +25 pp goal but its existence (88.6) and its map at the preset layers (5% hit@1, layers 4-5 stopped
+# localizing) are one draw of stage I, whose probes still swing (exists-yes 77-89, colour 37-59 over its last 1000
+# steps); run 13 showed the average keeps a draw's map and smooths its probes. Result (Update 7): FOCUS +26.2 pp,
+# existence 87.9, the map lost layers 4-5 as run 14's did, V-V ROIs no better than K-K: 3 of 9, not shipped
+VARIANTS["run-15"] = {**VARIANTS["run-14"], "i_ema": 0.998}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -822,7 +829,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8 and run-11..13 stage I only, run-9, run-10 and run-14 whole runs")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13 and run-15 stage I only, run-9, run-10 and run-14 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
