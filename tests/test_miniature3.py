@@ -153,6 +153,24 @@ def test_a_passed_recipe_ships_a_model_the_llava_adapter_loads(tmp_path):
     assert out.shape[-1] == 2 and torch.isfinite(out).all()
 
 
+def test_kept_checkpoints_are_the_weights_at_their_step(tmp_path):
+    """`--keep-checkpoints` leaves stage-X.step-N.pt per checkpoint (a trajectory); without it only stage-X.pt."""
+    r = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), probe_every=3)
+    M3.train(tmp_path / "plain", r, workers=0, log=lambda *_: None)
+    assert not list((tmp_path / "plain").glob("*.step-*.pt"))
+    M3.train(tmp_path / "kept", r, workers=0, log=lambda *_: None, keep_checkpoints=True)
+    kept = sorted(p.name for p in (tmp_path / "kept").glob("*.step-*.pt"))
+    # steps 1 and 2 of 3 are checkpointed (checkpoint_every=1); step 3 ends the stage as stage-X.pt
+    assert kept == sorted(f"stage-{s}.step-{n}.pt" for s in "CPLI" for n in (1, 2))
+    step2 = torch.load(tmp_path / "kept" / "stage-I.step-2.pt", weights_only=False)
+    done = torch.load(tmp_path / "kept" / "stage-I.pt", weights_only=False)
+    assert step2["step"] == 2
+    name = next(k for k, v in done["model"].items() if v.is_floating_point() and "language_model" in k and "embed" not in k)
+    assert not torch.equal(step2["model"][name], done["model"][name])   # one more step moved the LM
+    plain = torch.load(tmp_path / "plain" / "stage-I.pt", weights_only=False)
+    assert torch.equal(plain["model"][name], done["model"][name])        # keeping copies changes no weight
+
+
 def test_a_missed_last_gate_still_saves_the_model_but_marks_it(tmp_path, monkeypatch):
     real = M3.probe_lm
     monkeypatch.setattr(M3, "probe_lm", lambda m, r, stage, proc, n=4: {"color": 10.0} if stage == "I"
@@ -484,3 +502,23 @@ def test_stage_i_with_a_weight_average_saves_the_average_and_resumes_it(tmp_path
     assert all(torch.equal(avg[k], cut[k]) for k in plain)   # the interrupted run resumed its average exactly
     assert any(not torch.equal(avg[k], plain[k]) for k in lm)   # stage I saved the average, not the last step
     assert all(torch.equal(avg[k], plain[k]) for k in tower)   # frozen parts are untouched
+
+
+def test_layer_map_benchmark_measures_a_stage_checkpoint_in_the_exported_architecture(tmp_path):
+    """benchmarks/miniature_layer_maps.py: `final@stage-I.pt` is the exported model itself (same rows); an earlier
+    stage's weights give other maps; one row per layer plus the preset layers the report's goals use."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "miniature_layer_maps", Path(__file__).resolve().parents[1] / "benchmarks" / "miniature_layer_maps.py")
+    B = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(B)
+    res = M3.train(tmp_path, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None)
+    items = [i for i in synthetic.generate(60, seed=3) if i.category == "relative_position"][:4]
+    final = B.layer_table(str(res["final"]), items)
+    assert B.layer_table(str(res["final"]), items, str(tmp_path / "stage-I.pt")) == final
+    earlier = B.layer_table(str(res["final"]), items, str(tmp_path / "stage-P.pt"))
+    assert [r["top-norm cell (count)"] for r in earlier] != [r["top-norm cell (count)"] for r in final]
+    n = len(final) - 1
+    assert [r["layer"] for r in final[:n]] == list(range(n)) and final[-1]["layer"].startswith("preset ")
+    assert all(0 <= r["hit@1 %"] <= 100 for r in final)

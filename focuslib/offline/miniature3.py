@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -127,7 +128,9 @@ VARIANTS["run-13"] = {**VARIANTS["run-10"], "i_ema": 0.998}
 # a shape word finds is on that shape 81% of the time in run 10's tower (probe "roi ground"), so the colour question
 # reads the wrong object's colour; a new tower trained 1500 steps with the term: 63 vs 36 without it
 # (benchmarks/miniature_grounding.py, results_miniature.md Update 6). Result (Update 7): FOCUS n=8 +30.5 pp over
-# vanilla (run 10: +18.8), existence 88.6, but the map at the preset layers stopped localizing: 4 of 9, not shipped
+# vanilla (run 10: +18.8), existence 88.6, but the map at the preset layers stopped localizing: 4 of 9, not shipped.
+# Its stage I with `--seed 1` (Update 8) kept the map (28.0) and FOCUS's goal: 5 of 9, not shipped; seed 0's draw
+# lost the map, not the term
 VARIANTS["run-14"] = {**VARIANTS["run-10"], "c_ground": 1.0}
 # run 15 (stage I only, on run 14's stages C, P, L): run 14's stage I with run 13's weight average. Run 14 met
 # FOCUS's +25 pp goal but its existence (88.6) and its map at the preset layers (5% hit@1, layers 4-5 stopped
@@ -712,7 +715,8 @@ def _make(r, stage, step, processor):
     return MAKERS[stage](r, step, processor)
 
 
-def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, device: str = "cpu") -> dict:
+def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, device: str = "cpu",
+          keep_checkpoints: bool = False) -> dict:
     """Run (or resume) the gated stages into `out`. Returns {"final": path or None, "passed": bool, ...}."""
     from tqdm.auto import tqdm
 
@@ -785,6 +789,8 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "step": step + 1, "seconds": time.time() - t0, "avg": avg}, tmp)
                 tmp.replace(ck)
+                if keep_checkpoints:   # a trajectory to measure later (benchmarks/miniature_layer_maps.py)
+                    shutil.copyfile(ck, out / f"stage-{stage}.step-{step + 1}.pt")
                 hist_path.write_text(json.dumps(history))
         history.append({"stage": stage, "seconds": round(time.time() - t0, 1), "steps_run": step + 1,
                         "passed": passed})
@@ -820,7 +826,6 @@ def export(model, processor, out: Path, r: Recipe3, history: list, passed: bool)
 
 def main(argv=None) -> int:
     import argparse
-    import shutil
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=".cache/miniature-run-3", help="run folder (checkpoints; resumes if present)")
     ap.add_argument("--seed", type=int, default=0)
@@ -829,6 +834,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cuda when a GPU is lent (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint as "
+                    "stage-X.step-N.pt (raw weights, not the average) to measure a stage's trajectory")
     ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13 and run-15 stage I only, run-9, run-10 and run-14 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
@@ -840,7 +847,7 @@ def main(argv=None) -> int:
                 probe_every=max(1, int(base.probe_every * min(1.0, a.scale))),
                 checkpoint_every=max(1, int(base.checkpoint_every * min(1.0, a.scale))))
     t0 = time.time()
-    res = train(a.out, r, workers=a.workers, device=a.device)
+    res = train(a.out, r, workers=a.workers, device=a.device, keep_checkpoints=a.keep_checkpoints)
     print(f"trained in {time.time() - t0:.0f} s; gates {'passed' if res['passed'] else 'MISSED at stage ' + res['failed_stage']}"
           + (f"; model in {res['final']}" if res["final"] else ""))
     if a.ship and res["passed"]:
