@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=["run10=data/models/miniature-llava-1.5"], help="name=path")
     ap.add_argument("--n", type=int, default=40, help="left/right questions")
     ap.add_argument("--hits-only", action="store_true", help="one row per model: hit@1 per layer and preset (a "
-                    "training trajectory: `name=final@stage-I.partial.pt` per saved step)")
+                    "training trajectory: `name=final@stage-I.step-N.pt` per step kept by miniature3 --keep-checkpoints)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     items = [i for i in synthetic.generate(6 * a.n, seed=HELD_OUT_SEED)
