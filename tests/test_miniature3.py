@@ -522,3 +522,77 @@ def test_layer_map_benchmark_measures_a_stage_checkpoint_in_the_exported_archite
     n = len(final) - 1
     assert [r["layer"] for r in final[:n]] == list(range(n)) and final[-1]["layer"].startswith("preset ")
     assert all(0 <= r["hit@1 %"] <= 100 for r in final)
+
+
+def test_map_probe_reads_the_training_model_as_the_report_reads_its_export(tmp_path):
+    """probe_map wraps the model being trained in the kit's adapter with its own processor: on the same weights it
+    gives what the report's code gives on the exported model, on probe scenes that are not the report's."""
+    from focuslib.models import load_mllm
+    from focuslib.offline import miniature_report as R
+    res = M3.train(tmp_path, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None)
+    items = M3.map_probe_items(3)
+    assert [i.category for i in items] == ["direct_attributes"] * 3 + ["relative_position"] * 3
+    held_out = synthetic.generate(6, seed=R.HELD_OUT_SEED)
+    assert not any(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a in items for b in held_out)
+    model = M3.build_model(M3.Recipe3(), M3.build_processor().tokenizer)
+    model.load_state_dict(torch.load(tmp_path / "stage-I.pt", weights_only=False)["model"])
+    model.train()
+    got = M3.probe_map(model, 3)
+    assert model.training   # the probe hands the model back as it found it
+    assert got == R.preset_map_hits(load_mllm(str(res["final"]), device="cpu", dtype="float32"), items)
+    assert set(got) == {"map shape", "map colour shape", "kk map shape", "kk map colour shape"}
+
+
+def test_a_draw_below_the_map_floor_stops_and_one_above_runs_on(tmp_path, monkeypatch):
+    """i_map_floor = (step, hit@1): stage I stops at its first probe from `step` on if the map by colour + shape is
+    below the floor (history says "map lost"; the model is still saved, marked missed); checked once, also after a
+    resume; a draw at or above it runs its steps."""
+    calls = []
+
+    def fake_probe(model, n):
+        calls.append(n)
+        return {"map colour shape": level}
+
+    monkeypatch.setattr(M3, "probe_map", fake_probe)
+    base = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {"never": 1.0}}, budget_s=1e9),
+                   i_map_probe=5, i_map_floor=(4, 10.0))
+    base = replace(base, steps={**base.steps, "I": 8}, min_steps={**base.min_steps, "I": 8})
+    level = 5.0
+    res = M3.train(tmp_path / "lost", base, workers=0, log=lambda *_: None)
+    i_rows = [h for h in res["history"] if h.get("stage") == "I"]
+    assert [h["step"] for h in i_rows if "probe" in h] == [2, 4] and calls == [5, 5]
+    assert i_rows[1]["map lost"] and i_rows[-1]["steps_run"] == 4 and i_rows[-1]["map lost"]
+    assert not res["passed"] and res["failed_stage"] == "I" and (res["final"] / "focuslib.json").exists()
+    level = 10.0
+    res = M3.train(tmp_path / "kept", base, workers=0, log=lambda *_: None)
+    i_rows = [h for h in res["history"] if h.get("stage") == "I"]
+    assert [h["step"] for h in i_rows if "probe" in h] == [2, 4, 6, 8]
+    assert not any("map lost" in h for h in i_rows)
+    # checked once: a probe after the floor's step that dips below it does not stop the draw
+    assert not M3.map_lost({"map colour shape": 0.0}, 6, base, M3.floor_checked(res["history"], base))
+    assert M3.map_lost({"map colour shape": 0.0}, 4, base, False)
+    assert not M3.map_lost({"map colour shape": 0.0}, 2, base, False)
+    assert not M3.map_lost({"map colour shape": 0.0}, 6, replace(base, i_map_floor=()), False)
+
+
+def test_map_probe_benchmark_walks_kept_checkpoints_in_step_order(tmp_path):
+    """benchmarks/miniature_map_probe.py: one row per kept stage-I checkpoint in step order, then the stage's end,
+    each the map probe of those weights, next to the LM probes the run logged at that step."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "miniature_map_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "miniature_map_probe.py")
+    B = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(B)
+    r = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), probe_every=2)
+    r = replace(r, steps={**r.steps, "I": 4}, min_steps={**r.min_steps, "I": 4})
+    M3.train(tmp_path, r, workers=0, log=lambda *_: None, keep_checkpoints=True)
+    rows = B.trajectory(tmp_path, n=2)
+    assert [row["step"] for row in rows] == [1, 2, 3, "end"]
+    model = M3.build_model(r, M3.build_processor().tokenizer)
+    model.load_state_dict(torch.load(tmp_path / "stage-I.step-2.pt", weights_only=False)["model"])
+    assert {k: rows[1][k] for k in B.COLS} == M3.probe_map(model, 2)
+    logged = {h["step"]: h["probe"] for h in json.loads((tmp_path / "history.json").read_text())
+              if h.get("stage") == "I" and "probe" in h}
+    assert rows[1]["color"] == logged[2].get("color") and rows[0]["color"] is None   # step 1 was not probed
+    assert rows[-1]["exists-yes"] == logged[4].get("exists-yes")

@@ -178,3 +178,14 @@ def test_bottom_line_states_the_goal_lines_difference_not_one_of_rounded_accurac
     assert "difference +18.8 pp" in R.goals(rep)["FOCUS"][0]
     v = R.verdict(rep)
     assert "(n=8: 44.5%, +18.8 pp," in v and "18.7" not in v
+
+
+def test_preset_map_hits_are_the_localization_tables_preset_and_kk_rows(tiny_llava):
+    """The stage-I map probe's measure (one relevance pass an item) is the report's own numbers, not a re-derivation
+    that could drift: same items, same preset V-V and K-K hit@1."""
+    items = synthetic.generate(8, seed=5)
+    hits = R.preset_map_hits(tiny_llava, items)
+    tables = R.localization(tiny_llava, items)["tables"]
+    for kind, table in (("shape", "shape name"), ("colour shape", "colour + shape name")):
+        assert hits[f"map {kind}"] == tables[table]["preset (paper's fraction)"]["hit@1 target %"]
+        assert hits[f"kk map {kind}"] == tables[table]["K-K map, preset layers"]["hit@1 target %"]

@@ -25,11 +25,14 @@ held-out probes (a stage that misses its gate stops the recipe instead of spendi
 Word embeddings are drawn at unit scale (std 1, as models that scale embeddings by sqrt(d)) and never
 trained: the residual stream of every token stays dominated by what the token is, which is what the
 relevance map reads in the later layers. Nothing else targets the map: no loss on attention or values.
-Data are pure functions of (seed, stage, step); the evaluation seeds (synthetic.generate) are never used.
+Data are pure functions of (seed, stage, step); the evaluation seed (synthetic.generate at the report's
+HELD_OUT_SEED) is never used. Stage I may also probe the value map (`probe_map`, D43) on synthetic.generate scenes at
+a seed of its own, and stop a draw that lost the map (`i_map_floor`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -91,6 +94,9 @@ class Recipe3(M.Recipe):
     c_ground: float = 0.0      # C: weight of the shape-word grounding term (GLIP's word-region alignment, D41);
     #                            0 = runs 5-13
     ground_tau: float = 0.1
+    i_map_probe: int = 0       # I: questions per kind of query in the map probe (probe_map); 0 = none (runs 5-15)
+    i_map_floor: tuple = ()    # I: (step, hit@1 %): a draw whose map by colour + shape at the preset layers is below
+    #                            this at its first probe from `step` on is stopped as missed ("map lost", D41)
 
 
 # Variants tried after run 5 (D40, D41, benchmarks/results_miniature.md): `--variant NAME` replaces these fields
@@ -138,6 +144,12 @@ VARIANTS["run-14"] = {**VARIANTS["run-10"], "c_ground": 1.0}
 # steps); run 13 showed the average keeps a draw's map and smooths its probes. Result (Update 7): FOCUS +26.2 pp,
 # existence 87.9, the map lost layers 4-5 as run 14's did, V-V ROIs no better than K-K: 3 of 9, not shipped
 VARIANTS["run-15"] = {**VARIANTS["run-14"], "i_ema": 0.998}
+# run 16 (stage I only, on run 14's stages C, P, L): run 14's stage I with the map probe (probe_map, 40 questions
+# per kind, on probe scenes) and its floor: a draw whose map by colour + shape at the preset layers is below 15% hit@1
+# at step 1200 is stopped. Set on two recorded draws of this tower (results_miniature.md Update 9): seed 0, which lost
+# the map, probed 5.0 at step 1200 (mean 4.4 from there on); seed 2 32.5 (mean 28). At the end of stage I the probe
+# agrees with the report's map (colour + shape, preset layers) within 11 points on seven finished draws
+VARIANTS["run-16"] = {**VARIANTS["run-14"], "i_map_probe": 40, "i_map_floor": (1200, 15.0)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -637,6 +649,53 @@ def probe_shape_reading(model, r: Recipe3, processor, batches: int = 8) -> dict:
     return out
 
 
+MAP_PROBE_SEED = M.PROBE_SEED   # the map probe's scenes: synthetic.generate at this seed, one set for every draw
+
+
+@functools.lru_cache(maxsize=4)
+def map_probe_items(n: int) -> list:
+    """`n` colour questions and `n` left/right questions (each with distractors) of synthetic.generate at
+    MAP_PROBE_SEED: the report's kind of scene, never its seed (miniature_report.HELD_OUT_SEED). The same items
+    for every recipe seed, so draws are compared on the same questions."""
+    from focuslib.offline.miniature_report import HELD_OUT_SEED, MAP_KINDS
+    assert MAP_PROBE_SEED != HELD_OUT_SEED
+    items = synthetic.generate(2 * n + 8, seed=MAP_PROBE_SEED)   # categories alternate; nearly all have distractors
+    out = [i for cat in MAP_KINDS.values() for i in [i for i in items if i.category == cat and i.distractors][:n]]
+    assert len(out) == 2 * n, "synthetic.generate gave too few items with distractors"
+    return out
+
+
+@torch.no_grad()
+def probe_map(model, n: int = 40) -> dict:
+    """Hit@1 (%) of the V-V and K-K maps at the preset layers on `map_probe_items(n)`, read through the kit's
+    own LLaVA adapter (the report's code path, miniature_report.preset_map_hits) on the model being trained:
+    {"map shape", "map colour shape", "kk map shape", "kk map colour shape"}. Stage I is where the map forms
+    and where a draw can lose it for good (results_miniature.md Update 8); this makes that visible."""
+    from focuslib.models.llava import LlavaAdapter
+    from focuslib.offline.miniature_report import preset_map_hits
+    was = model.training
+    # its own processor: the adapter sets padding and processor fixes the training batches must not see
+    mllm = LlavaAdapter(model, build_processor(), name="stage-I map probe", system="")
+    try:
+        return preset_map_hits(mllm, map_probe_items(n))
+    finally:
+        model.train(was)
+
+
+def map_lost(acc: dict, step: int, r: "Recipe3", checked: bool) -> bool:
+    """Whether the floor (r.i_map_floor) stops this draw: at the first probe from its step on, the map by colour +
+    shape is below its hit@1. Checked once."""
+    if not r.i_map_floor or checked or step < r.i_map_floor[0]:
+        return False
+    return acc.get("map colour shape", 0.0) < r.i_map_floor[1]
+
+
+def floor_checked(history: list, r: "Recipe3") -> bool:
+    """Whether an earlier probe of this stage I (this run or the run it resumes) already met the floor's step."""
+    return bool(r.i_map_floor) and any(h.get("stage") == "I" and "probe" in h and h["step"] >= r.i_map_floor[0]
+                                       for h in history)
+
+
 def _trainable(model, stage: str) -> list:
     m = model.model
     for p in model.parameters():
@@ -760,7 +819,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         loader = torch.utils.data.DataLoader(M._Batches(r, stage, start, processor, _make), batch_size=None,
                                              num_workers=workers, persistent_workers=False)
         bar = tqdm(loader, total=steps - start, desc=f"stage {stage}", file=sys.stderr, mininterval=10)
-        ema, passed, acc, t0 = None, False, {}, time.time() - before
+        ema, passed, lost, acc, t0 = None, False, False, {}, time.time() - before
         for step, b in bar:
             b = _to(b, device)
             if stage == "C":
@@ -776,10 +835,19 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                 with averaged(params, avg):
                     acc = (probe_c(model, r, processor, table) if stage == "C"
                            else probe_lm(model, r, stage, processor))
+                    if stage == "I" and r.i_map_probe:
+                        acc.update(probe_map(model, r.i_map_probe))
                 model.train()
                 passed = gate_passed(acc, r.gates[stage])
-                history.append({"stage": stage, "step": step + 1, "probe": acc, "gate": passed})
+                lost = stage == "I" and map_lost(acc, step + 1, r, floor_checked(history, r))
+                history.append({"stage": stage, "step": step + 1, "probe": acc, "gate": passed,
+                                **({"map lost": True} if lost else {})})
                 log(f"stage {stage} step {step + 1} held-out: {acc} gate {'passed' if passed else 'not yet'}")
+                if lost:   # this draw will not get its map back (Update 8): stop rather than spend the budget
+                    passed = False
+                    log(f"stage I step {step + 1}: map by colour + shape {acc.get('map colour shape')} < floor "
+                        f"{r.i_map_floor[1]}: this draw lost the map; stopped (try another --seed)")
+                    break
                 if passed and step + 1 >= r.min_steps[stage]:
                     break
             if last:
@@ -793,7 +861,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
                     shutil.copyfile(ck, out / f"stage-{stage}.step-{step + 1}.pt")
                 hist_path.write_text(json.dumps(history))
         history.append({"stage": stage, "seconds": round(time.time() - t0, 1), "steps_run": step + 1,
-                        "passed": passed})
+                        "passed": passed, **({"map lost": True} if lost else {})})
         if avg is not None:   # the stage's model is the average (what its probes measured)
             _load_into(params, avg)
         if stage == "C":   # image tokens start at the word embeddings' norm (what the LM will read)
@@ -836,7 +904,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint as "
                     "stage-X.step-N.pt (raw weights, not the average) to measure a stage's trajectory")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13 and run-15 stage I only, run-9, run-10 and run-14 whole runs")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10 and run-14 whole runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

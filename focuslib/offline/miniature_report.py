@@ -252,6 +252,32 @@ def localization(mllm, items) -> dict:
     return {"n": counts, "layers": {k: [r.start, r.stop] for k, r in ranges.items()}, "tables": tables}
 
 
+MAP_KINDS = {"shape": "direct_attributes", "colour shape": "relative_position"}
+
+
+def preset_map_hits(mllm, items) -> dict:
+    """Hit@1 (%) on the queried object of the V-V and the K-K map at the preset layers, per kind of query:
+    {"map shape", "map colour shape", "kk map shape", "kk map colour shape"}. The same numbers as
+    `localization`'s preset and K-K rows on the same items, without the rest of its table (one relevance pass
+    an item): what miniature3's stage-I map probe measures, on probe scenes."""
+    layers = preset(mllm.family, "vstar").resolved_layers(mllm.num_layers)
+    out = {}
+    for kind, cat in MAP_KINDS.items():
+        vv, kk = [], []
+        for it in (i for i in items if i.category == cat and i.distractors):
+            q, qboxes, _, _ = _queries(it)
+            rp = mllm.relevance_pass(it.image, q, keys=True)
+            lay = rp.layout
+            vis = lay.positions.flatten()
+            for hits, cache in ((vv, rp.values), (kk, rp.keys_norope)):
+                box = _argmax_box(object_relevance(cache, rp.target_idx, vis, layers).view(lay.shape) * lay.valid, lay)
+                hits.append(any(_overlaps(box, t) for t in qboxes))
+        if vv:
+            out[f"map {kind}"] = round(100 * float(np.mean(vv)), 1)
+            out[f"kk map {kind}"] = round(100 * float(np.mean(kk)), 1)
+    return out
+
+
 def run(model: str, n: int = 800, seed: int = HELD_OUT_SEED, out: str | Path | None = None,
         steps=STEPS, random_steps=RANDOM_STEPS) -> dict:
     """All three measurements on `n` held-out items; written to `out/report.json` and `report.md`."""
