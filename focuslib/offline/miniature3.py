@@ -96,7 +96,7 @@ class Recipe3(M.Recipe):
     ground_tau: float = 0.1
     i_map_probe: int = 0       # I: questions per kind of query in the map probe (probe_map); 0 = none (runs 5-15)
     i_map_floor: tuple = ()    # I: (step, hit@1 %): a draw whose map by colour + shape at the preset layers is below
-    #                            this at its first probe from `step` on is stopped as missed ("map lost", D41)
+    #                            this at its first probe from `step` on is stopped as missed ("map lost", D43)
 
 
 # Variants tried after run 5 (D40, D41, benchmarks/results_miniature.md): `--variant NAME` replaces these fields

@@ -172,6 +172,14 @@ def _argmax_box(m: torch.Tensor, layout):
     return tuple(float(v) for v in layout.cell_boxes[r, c])
 
 
+def _map_and_box(cache, rp, layers):
+    """The map `[h, w]` from per-layer caches (values or keys) at `layers`, padding cells zeroed, and its argmax
+    cell's pixel box."""
+    lay = rp.layout
+    m = object_relevance(cache, rp.target_idx, lay.positions.flatten(), layers).view(lay.shape) * lay.valid
+    return m, _argmax_box(m, lay)
+
+
 def _ranges(num_layers: int, fam: str) -> dict[str, range]:
     half = num_layers // 2
     out = {f"layer {i}": range(i, i + 1) for i in range(num_layers)}
@@ -221,20 +229,17 @@ def localization(mllm, items) -> dict:
             sal = _argmax_box(saliency_map(it.image, lay) * lay.valid, lay)
             sal_hit.append(any(_overlaps(sal, t) for t in qboxes))
             sal_any.append(any(_overlaps(sal, o) for o in objs))
-            kk = object_relevance(rp.keys_norope, rp.target_idx, vis, ranges["preset (paper's fraction)"])
-            kb = _argmax_box(kk.view(lay.shape) * lay.valid, lay)
+            _, kb = _map_and_box(rp.keys_norope, rp, ranges["preset (paper's fraction)"])
             kk_hit.append(any(_overlaps(kb, t) for t in qboxes))
             kk_any.append(any(_overlaps(kb, o) for o in objs))
             rb = _argmax_box(random_relevance(vis.numel(), seed=len(rnd_hit)).view(lay.shape) * lay.valid, lay)
             rnd_hit.append(any(_overlaps(rb, t) for t in qboxes))
             for name, layers in ranges.items():
-                m = object_relevance(rp.values, rp.target_idx, vis, layers).view(lay.shape) * lay.valid
-                box = _argmax_box(m, lay)
+                m, box = _map_and_box(rp.values, rp, layers)
                 hit[name].append(any(_overlaps(box, t) for t in qboxes))
                 any_obj[name].append(any(_overlaps(box, o) for o in objs))
                 lift[name].append(float(m[touch].sum() / m.sum().clamp_min(1e-30)) / max(chance[-1], 1e-9))
-                m2 = object_relevance(rp2.values, rp2.target_idx, vis, layers).view(lay.shape) * lay.valid
-                b2 = _argmax_box(m2, lay)
+                _, b2 = _map_and_box(rp2.values, rp2, layers)
                 spec_target[name].append(any(_overlaps(b2, t) for t in q2boxes))
                 spec_moved[name].append(any(_overlaps(b2, t) for t in qboxes))
         if not chance:
@@ -267,11 +272,8 @@ def preset_map_hits(mllm, items) -> dict:
         for it in (i for i in items if i.category == cat and i.distractors):
             q, qboxes, _, _ = _queries(it)
             rp = mllm.relevance_pass(it.image, q, keys=True)
-            lay = rp.layout
-            vis = lay.positions.flatten()
             for hits, cache in ((vv, rp.values), (kk, rp.keys_norope)):
-                box = _argmax_box(object_relevance(cache, rp.target_idx, vis, layers).view(lay.shape) * lay.valid, lay)
-                hits.append(any(_overlaps(box, t) for t in qboxes))
+                hits.append(any(_overlaps(_map_and_box(cache, rp, layers)[1], t) for t in qboxes))
         if vv:
             out[f"map {kind}"] = round(100 * float(np.mean(vv)), 1)
             out[f"kk map {kind}"] = round(100 * float(np.mean(kk)), 1)
