@@ -20,10 +20,9 @@ import collections
 import torch
 
 from focuslib.core.config import preset
-from focuslib.core.relevance import object_relevance
 from focuslib.models import load_mllm
 from focuslib.offline import synthetic
-from focuslib.offline.miniature_report import HELD_OUT_SEED, _argmax_box, _overlaps, _xyxy
+from focuslib.offline.miniature_report import HELD_OUT_SEED, _map_and_box, _overlaps, _xyxy
 
 
 def layer_table(path: str, items, stage_ckpt: str | None = None) -> list[dict]:
@@ -42,11 +41,11 @@ def layer_table(path: str, items, stage_ckpt: str | None = None) -> list[dict]:
     ranges[f"preset {pre.start}-{pre.stop - 1}"] = pre
     for it in items:
         rp = m.relevance_pass(it.image, it.target_objects[0])
-        lay, vis = rp.layout, rp.layout.positions.flatten()
+        vis = rp.layout.positions.flatten()
         for name, layers in ranges.items():
-            mp = object_relevance(rp.values, rp.target_idx, vis, layers).view(lay.shape) * lay.valid
+            mp, box = _map_and_box(rp.values, rp, layers)
             arg[name][int(mp.argmax())] += 1
-            hit[name] += _overlaps(_argmax_box(mp, lay), _xyxy(it.bboxes[0]))
+            hit[name] += _overlaps(box, _xyxy(it.bboxes[0]))
             norms = torch.stack([rp.values[i][:, vis, :].norm(dim=-1).mean(0) for i in layers]).mean(0)  # [N_img]
             top[name][int(norms.argmax())] += 1
     return [{"layer": i, "hit@1 %": round(100 * hit[i] / len(items), 1),
