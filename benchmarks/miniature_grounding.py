@@ -32,7 +32,7 @@ def continue_stage_c(model_dir: str | None, steps: int, ground: float, lr_scale:
     """Probe of the tower after `steps` more stage-C steps (from a new tower when `model_dir` is None) with the
     grounding term at weight `ground`."""
     torch.manual_seed(0)
-    processor = M3.build_processor()
+    processor = M3.build_processor(r.input_side)
     model = (LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32) if model_dir
              else M3.build_model(r, processor.tokenizer))
     table, words = M3.phrase_table(model, processor.tokenizer), M3.word_table(model, processor.tokenizer)
@@ -68,9 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--from-scratch", action="store_true", help="train a new tower instead of continuing the model's")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    r = replace(M3.Recipe3(), **M3.VARIANTS["run-10"])
-    processor = M3.build_processor()
     model = LlavaForConditionalGeneration.from_pretrained(a.model, dtype=torch.float32).eval()
+    r = replace(M3.Recipe3(), **M3.VARIANTS["run-10"], input_side=model.config.vision_config.image_size)
+    processor = M3.build_processor(r.input_side)
     rows = {"as shipped": M3.probe_c(model, r, processor, M3.phrase_table(model, processor.tokenizer),
                                      n=a.probe_batches)}
     for ground in (0.0, 1.0):

@@ -38,7 +38,7 @@ def checkpoints(run: Path) -> list[tuple[int | str, Path]]:
 
 def trajectory(run: Path, n: int = 40) -> list[dict]:
     r = recipe_of(run)
-    model = M3.build_model(r, M3.build_processor().tokenizer)
+    model = M3.build_model(r, M3.build_processor(r.input_side).tokenizer)
     hist = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
     logged = {h["step"]: h["probe"] for h in hist if h.get("stage") == "I" and "probe" in h}
     last = max(logged) if logged else None

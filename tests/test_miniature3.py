@@ -596,3 +596,42 @@ def test_map_probe_benchmark_walks_kept_checkpoints_in_step_order(tmp_path):
               if h.get("stage") == "I" and "probe" in h}
     assert rows[1]["color"] == logged[2].get("color") and rows[0]["color"] is None   # step 1 was not probed
     assert rows[-1]["exists-yes"] == logged[4].get("exists-yes")
+
+
+def test_input_side_changes_the_towers_pixels_not_the_worlds_geometry_or_the_token_grid(processor):
+    """run 17's 192 px tower (16 px patches) reads the same 12 x 12 token grid: a stage-C batch at 192 px has the
+    96 px batch's targets (the world's frame), and a shape is resolvable from shape_px input px, i.e. at half the
+    frame size."""
+    r96 = replace(M3.Recipe3(), **M3.VARIANTS["run-14"])
+    r192 = replace(r96, input_side=192)
+    b96 = M3.make_c_batch(r96, 5, processor)
+    b192 = M3.make_c_batch(r192, 5, M3.build_processor(192))
+    assert tuple(b96["pixel_values"].shape[-2:]) == (96, 96) and tuple(b192["pixel_values"].shape[-2:]) == (192, 192)
+    assert M3.frame_px(r96) == 6.0 and M3.frame_px(r192) == 3.0
+    small = _seen((10, 10, 4, 4), shape="cross", color="blue")   # 4 frame px: 4 input px at 96, 8 at 192
+    k = M3.WORDS.index("cross")
+    assert M3.word_targets(small, M3.frame_px(r96))[0][k] == 0 and M3.word_targets(small, M3.frame_px(r192))[0][k] == 1
+    vc = M3.build_model(r192, processor.tokenizer).config.vision_config
+    assert (vc.image_size, vc.patch_size) == (192, 16)
+    # where objects are on the token grid does not depend on the pixels: the same background in every cell
+    assert torch.allclose(b96["targets"][..., M3.BG], b192["targets"][..., M3.BG])
+    reg96 = {(int(v), int(p)) for v, p in zip(b96["regions"]["view"], b96["regions"]["phrase"])}
+    reg192 = {(int(v), int(p)) for v, p in zip(b192["regions"]["view"], b192["regions"]["phrase"])}
+    assert reg96 <= reg192   # every region resolvable at 96 px is at 192 px (and small ones join)
+
+
+def test_a_192_px_recipe_exports_a_model_the_adapter_reads_on_the_same_grid(tmp_path):
+    from focuslib.models import load_mllm
+    r = replace(_micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), input_side=192, i_map_probe=2)
+    res = M3.train(tmp_path, r, workers=0, log=lambda *_: None)
+    assert res["passed"]
+    probes = [h["probe"] for h in res["history"] if h.get("stage") == "I" and "probe" in h]
+    assert probes and all("map colour shape" in p for p in probes)   # the map probe read the 192 px model
+    mllm = load_mllm(str(res["final"]), device="cpu", dtype="float32")
+    assert (mllm.input_side, mllm.grid) == (192, M.GRID)
+    image = synthetic.generate(1, seed=5)[0].image
+    inputs = mllm.build_inputs([[image]], [mllm.prompt("Is there a star in the image?", 1)])
+    assert tuple(inputs["pixel_values"].shape[-2:]) == (192, 192)
+    lay = mllm.layout(image, inputs)
+    assert lay.positions.shape == (M.GRID, M.GRID)
+    assert float(lay.cell_boxes[0, 0, 2]) == pytest.approx(1600 / M.GRID)   # 133.3 px cells of the 1600 px image

@@ -42,7 +42,7 @@ from focuslib.images import pad_to_square
 from focuslib.offline import synthetic
 
 
-SIDE = 96          # processor input side
+SIDE = 96          # the world's frame: views in input px at the default input side (Seen boxes, cells, shape_px)
 PATCH = 8          # -> 12 x 12 image tokens
 GRID = SIDE // PATCH
 COLORS = list(synthetic.COLORS)
@@ -65,6 +65,8 @@ class Recipe:
     lm_heads: int = 6
     vision_hidden: int = 128
     vision_layers: int = 4
+    input_side: int = SIDE   # the tower's input (px); the token grid stays GRID x GRID (patch = input_side // GRID),
+    #                          and the world's geometry (Seen boxes, cells) stays in the SIDE-px frame
     steps: dict = field(default_factory=lambda: {"V": 600, "T": 300, "A": 300, "I": 800})
     batch: dict = field(default_factory=lambda: {"V": 48, "T": 32, "A": 32, "I": 32})
     lr: dict = field(default_factory=lambda: {"V": 1e-3, "T": 1e-3, "A": 2e-3, "I": 5e-4})
@@ -342,20 +344,21 @@ def build_tokenizer(extra_words: tuple = ()):
                                    pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
 
 
-def build_processor(extra_words: tuple = ()):
+def build_processor(extra_words: tuple = (), side: int = SIDE):
     import transformers as T
-    image_processor = T.CLIPImageProcessor(  # LLaVA-1.5's settings at 96 px
-        size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE}, do_center_crop=True,
+    image_processor = T.CLIPImageProcessor(  # LLaVA-1.5's settings at `side` px
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True,
         resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
-    return T.LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(extra_words), patch_size=PATCH,
+    return T.LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(extra_words),
+                            patch_size=side // GRID,
                             vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
 def build_model(r: Recipe, tokenizer):
     import transformers as T
     vision = T.CLIPVisionConfig(hidden_size=r.vision_hidden, intermediate_size=4 * r.vision_hidden,
-                                num_hidden_layers=r.vision_layers, num_attention_heads=4, image_size=SIDE,
-                                patch_size=PATCH, projection_dim=r.vision_hidden)
+                                num_hidden_layers=r.vision_layers, num_attention_heads=4, image_size=r.input_side,
+                                patch_size=r.input_side // GRID, projection_dim=r.vision_hidden)
     text = T.LlamaConfig(vocab_size=len(tokenizer), hidden_size=r.lm_hidden, intermediate_size=int(8 * r.lm_hidden / 3),
                          num_hidden_layers=r.lm_layers, num_attention_heads=r.lm_heads, num_key_value_heads=r.lm_heads,
                          max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
@@ -642,7 +645,7 @@ def train(out: str | Path, r: Recipe = Recipe(), workers: int = 1, log=print) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(asdict(r), indent=1))
-    processor = build_processor()
+    processor = build_processor(side=r.input_side)
     tok = processor.tokenizer
     model = build_model(r, tok)
     head = torch.nn.Linear(r.vision_hidden, N_CLASSES)
@@ -725,14 +728,16 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (e.g. 0.01 to smoke-test)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1, help="batch-making processes (0 = in the trainer)")
+    ap.add_argument("--c-threads", type=int, default=None, help="attempt-3 only: torch threads in stage C")
     ap.add_argument("--ship", default=None, help="copy the final model here (e.g. data/models/miniature-llava-1.5)")
-    ap.add_argument("--variant", default=None, help="attempt-3 only: a recorded variant (miniature3.VARIANTS: run-6..8 stage I only, run-9 and run-10 whole runs)")
+    ap.add_argument("--variant", default=None, help="attempt-3 only: a recorded variant (miniature3.VARIANTS; its --variant help lists them)")
     a = ap.parse_args(argv)
     if a.recipe == "attempt-3":   # its own stages and gates (focuslib/offline/miniature3.py)
         from focuslib.offline import miniature3
         return miniature3.main(["--out", a.out, "--seed", str(a.seed), "--scale", str(a.scale),
                                 "--workers", str(a.workers)] + (["--threads", str(a.threads)] if a.threads else [])
-                               + (["--ship", a.ship] if a.ship else []) + (["--variant", a.variant] if a.variant else []))
+                               + (["--ship", a.ship] if a.ship else []) + (["--variant", a.variant] if a.variant else [])
+                               + (["--c-threads", str(a.c_threads)] if a.c_threads else []))
     if a.threads:
         torch.set_num_threads(a.threads)
     from dataclasses import replace

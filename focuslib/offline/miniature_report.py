@@ -332,6 +332,9 @@ def model_card(model: str | Path, rep: dict) -> str:
     history = meta.get("history", meta.get("history_tail", []))   # history_tail: attempt-1 files
     hist = [h for h in history if "loss" in h]
     probes = [h for h in history if "probe" in h]
+    vc = (json.loads((model / "config.json").read_text()).get("vision_config", {})
+          if (model / "config.json").exists() else {})
+    side, patch = vc.get("image_size", 96), vc.get("patch_size", 8)
     n_params = None
     st = model / "model.safetensors"
     if st.exists():
@@ -343,7 +346,8 @@ def model_card(model: str | Path, rep: dict) -> str:
         "**What it is.** transformers' `LlavaForConditionalGeneration` (CLIP ViT vision tower, 2-layer GELU "
         "projector, Llama LM) at miniature size"
         + (f" ({n_params / 1e6:.1f}M parameters, stored in float16, loaded as float32)" if n_params else "")
-        + f": 96 px input, patch 8 -> 12 x 12 image tokens, LM {r.get('lm_layers')} layers x {r.get('lm_hidden')} "
+        + f": {side} px input, patch {patch} -> {side // patch} x {side // patch} image tokens, "
+        f"LM {r.get('lm_layers')} layers x {r.get('lm_hidden')} "
         f"hidden ({r.get('lm_heads')} heads), vision {r.get('vision_layers')} layers x {r.get('vision_hidden')}; "
         "a word-level tokenizer (every word of the kit's prompts, <unk> otherwise) with LLaVA-1.5's special tokens "
         "and chat format. It loads with `load_mllm(path)` through the unchanged LLaVA-1.5 adapter.",
@@ -355,7 +359,8 @@ def model_card(model: str | Path, rep: dict) -> str:
         "nothing about LLaVA-1.5-7B's numbers.",
         "**Data.** Generated on the fly, deterministic by seed: 800 x 600 scenes with 4-9 shapes of 20-40 px "
         "(half the benchmark's scale), viewed through the whole scene, windows around an object at 1.3-14 x its "
-        "size, and random windows, each padded to square and resized to 96 px by the real processor path.",
+        "size, and random windows, each padded to square and resized to "
+        f"{side} px by the real processor path.",
         recipe_text(meta) + " Steps " + json.dumps(r.get("steps")) + ", batch sizes "
         + json.dumps(r.get("batch")) + ", AdamW, learning rates " + json.dumps(r.get("lr"))
         + ", cosine schedule, seed " + str(r.get("seed")) + ". Final losses (EMA): "
