@@ -70,6 +70,26 @@ def test_generate_is_plain_greedy_whatever_the_checkpoint_says(fixture, request)
     assert m.generate([img], q) == ref
 
 
+@pytest.mark.parametrize("fixture", ["tiny_llava_path", "tiny_ov_path", "tiny_qwen_path"])
+def test_cached_decoding_passes_the_cache_under_the_name_forward_takes(fixture, request):
+    """transformers 5.25 renamed forward's `past_key_values` to `cache`; the old name warns in every notebook cell.
+    Decoding must use whichever name this transformers has, warn nothing, and still equal the uncached greedy."""
+    import inspect
+    import warnings
+    from focuslib.models.base import _cache_kwarg
+    m = _fresh(request.getfixturevalue(fixture))
+    params = inspect.signature(m.model.forward).parameters
+    assert _cache_kwarg(m.model) == ("cache" if "cache" in params else "past_key_values")
+    img = Image.new("RGB", (400, 300), (200, 30, 30))
+    inputs = m._to_device(m.build_inputs([[img]], [m.prompt("What is the color of the car?", 1)]))
+    ref = m.tokenizer.decode(reference_greedy(m, inputs, 6), skip_special_tokens=True).strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        got = m.generate([img], "What is the color of the car?", max_new_tokens=6)
+        m.generate_text(icl_prompt("What is the color of the car?"), max_new_tokens=4)   # the prefix-cache path
+    assert got == ref
+
+
 def _embedded_tokens(m):
     """Counter of tokens that go through the LLM's embedding (hook), to see what the cache saves."""
     seen = []

@@ -13,6 +13,7 @@ The token layout is data (`TokenLayout`), so `search` never needs to know a mode
 """
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -334,8 +335,8 @@ class MLLM(ABC):
             if text_only:
                 n = step["input_ids"].shape[1]
                 step["position_ids"] = torch.arange(start, start + n, device=ids.device)[None]
-            out = self.model(**step, past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
+            out = self.model(**step, **{_cache_kwarg(self.model): past}, use_cache=True, logits_to_keep=1)
+            past = _out_cache(out)
             start += step["input_ids"].shape[1]
             tok = int(out.logits[0, -1].argmax())
             del out
@@ -393,7 +394,7 @@ class MLLM(ABC):
             pids = ids[:n]
             out = self.model(input_ids=torch.tensor([pids], device=self.device), use_cache=True,
                              position_ids=torch.arange(n, device=self.device)[None], logits_to_keep=1)
-            c = out.past_key_values
+            c = _out_cache(out)
             prefix = (pids, [(c.layers[i].keys, c.layers[i].values) for i in range(len(c.layers))])
             self.calls["prefix_cache"] += 1
         self._prefix = prefix
@@ -434,6 +435,22 @@ def chatml_prompt(system: str, image: str, sep: str, text: str | Sequence[str], 
         body = "".join(f"{image}{sep}{c}\n" for c in captions) + text
     head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     return head + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _cache_kwarg(model) -> str:
+    """The forward argument that takes a KV cache: transformers 5.25 renamed `past_key_values` to `cache` (the old
+    name still works but warns in every notebook cell until 5.40); 5.23-5.24 know only `past_key_values`."""
+    name = getattr(model, "_focuslib_cache_kwarg", None)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        model._focuslib_cache_kwarg = name
+    return name
+
+
+def _out_cache(out):
+    """The KV cache a forward returned, under either name (see `_cache_kwarg`)."""
+    c = getattr(out, "cache", None)
+    return c if c is not None else out.past_key_values
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
