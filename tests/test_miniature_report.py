@@ -147,6 +147,18 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
     (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist, "recipe": {
         "i_ema": 0.998}}))
     assert "moving average of its weights (decay min(0.998, " in R.model_card(tmp_path, rep)
+    # run 17's record: grounding term, map probe + floor, stages that stopped early and why, a 192 px tower
+    ends = [{"stage": "P", "steps_run": 450, "passed": True, "seconds": 1.0},
+            {"stage": "I", "steps_run": 1200, "passed": False, "map lost": True, "seconds": 2.0}]
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist + ends, "recipe": {
+        "c_ground": 1.0, "i_map_probe": 40, "i_map_floor": [1200, 15.0], "steps": {"P": 1000, "I": 2400, "L": 9}}}))
+    (tmp_path / "config.json").write_text(json.dumps({"vision_config": {"image_size": 192, "patch_size": 16}}))
+    card = R.model_card(tmp_path, rep)
+    assert "grounding term (weight 1, D41)" in card and "on 40 held-out questions" in card
+    assert "stops below 15% at step 1200" in card and "192 px input, patch 16 -> 12 x 12 image tokens" in card
+    assert ("Stages that stopped early: P 450 of 1000 (gate passed); I 1200 of 2400 (map probe below the floor)."
+            in card)
+    (tmp_path / "config.json").unlink()
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)
 

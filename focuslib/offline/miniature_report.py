@@ -452,8 +452,24 @@ def recipe_text(meta: dict) -> str:
                  "colour and shape words, the best image token's cosine to the word's embedding is pushed above "
                  f"{rec.get('word_margin')} when the word is in view and below it when not (FILIP's token-wise "
                  "maximum)." if rec.get("c_words") else "")
+        if rec.get("c_ground"):
+            words += (f" Stage C also has a grounding term (weight {rec['c_ground']:g}, D41): each shape word in view "
+                      "against the image tokens that shape covers.")
         if rec.get("options_in_view"):
             words += " Stage I's colour questions take their wrong options from colours in view (D40)."
+        if rec.get("i_map_probe"):
+            words += (f" Stage I probes the V-V map on {rec['i_map_probe']} held-out questions of another seed (D43)"
+                      + (f" and stops below {rec['i_map_floor'][1]:g}% at step {rec['i_map_floor'][0]}"
+                         if rec.get("i_map_floor") else "") + ".")
+        ends = {h["stage"]: h for h in hist if "steps_run" in h}
+
+        def why(h: dict) -> str:   # a stage stops early when its gate passed after min_steps, the budget ran out,
+            return ("map probe below the floor" if h.get("map lost")   # or (stage I) the map probe hit the floor
+                    else "gate passed" if h.get("passed") else f"{rec.get('budget_s', 5400) / 60:.0f}-min budget")
+        short = [f"{k} {h['steps_run']} of {rec['steps'][k]} ({why(h)})" for k, h in ends.items()
+                 if rec.get("steps", {}).get(k) and h["steps_run"] < rec["steps"][k]]
+        if short:
+            words += " Stages that stopped early: " + "; ".join(short) + "."
         if rec.get("i_ema"):
             words += (f" Stage I's model (probed and saved) is a moving average of its weights (decay "
                       f"min({rec['i_ema']:g}, (1 + t) / (10 + t)) at step t).")
