@@ -430,15 +430,15 @@ def test_recorded_variants_change_only_their_fields_and_reach_the_trainer(tmp_pa
 
 
 def test_make_miniature_trains_the_shipped_recipe():
-    """`make miniature` (RECIPE=attempt-3) passes the run-10 variant, and the shipped model's recorded recipe is
-    exactly Recipe3 with run 10's fields: the documented command reproduces the embedded default."""
+    """`make miniature` (RECIPE=attempt-3) passes the run-17 variant, and the shipped model's recorded recipe is
+    exactly Recipe3 with run 17's fields: the documented command reproduces the embedded default."""
     import shutil
     import subprocess
     from pathlib import Path
 
     from focuslib.offline.embedded import SHIPPED_MINIATURE
     meta = json.loads((SHIPPED_MINIATURE / "focuslib.json").read_text())
-    want = json.loads(json.dumps(M3.asdict(replace(M3.Recipe3(), **M3.VARIANTS["run-10"]))))
+    want = json.loads(json.dumps(M3.asdict(replace(M3.Recipe3(), **M3.VARIANTS["run-17"]))))
     # a field added after the model was trained (i_ema) is absent from its record; its default is the old behaviour
     defaults = json.loads(json.dumps(M3.asdict(M3.Recipe3())))
     assert {k: meta["recipe"].get(k, defaults[k]) for k in want} == want
@@ -446,7 +446,7 @@ def test_make_miniature_trains_the_shipped_recipe():
         root = Path(__file__).resolve().parents[1]
         cmd = subprocess.run(["make", "-n", "-s", "miniature", "STAMP=", "KERNEL="], cwd=root, capture_output=True,
                              text=True, check=True).stdout
-        assert "--recipe attempt-3 --variant run-10 " in cmd
+        assert "--recipe attempt-3 --variant run-17 " in cmd and "--c-threads" not in cmd
 
 
 def test_shape_reading_items_are_balanced_and_their_answers_true(processor, monkeypatch):

@@ -25,7 +25,7 @@ def embedded_default() -> tuple[str, str | None]:
     """Path of the embedded default model and a warning to print with it (None if none is due).
 
     A miniature LLaVA-1.5 trained by `make miniature` becomes the default once it is shipped in
-    data/models/miniature-llava-1.5 (issue 16: attempt 3, run 10 is shipped; what it can do is in its card);
+    data/models/miniature-llava-1.5 (issue 16: attempt 3, run 17 is shipped; what it can do is in its card);
     without it the random-weight tiny LLaVA-1.5 is built offline, and the warning says its answers are noise."""
     if (SHIPPED_MINIATURE / "config.json").exists():
         return str(SHIPPED_MINIATURE), None
