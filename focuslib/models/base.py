@@ -331,11 +331,12 @@ class MLLM(ABC):
         ids = inputs["input_ids"]
         start = 0 if past is None else past.get_seq_length()
         step = dict(inputs)
+        cache_kw = _cache_kwarg(self.model)
         for _ in range(max_new_tokens):
             if text_only:
                 n = step["input_ids"].shape[1]
                 step["position_ids"] = torch.arange(start, start + n, device=ids.device)[None]
-            out = self.model(**step, **{_cache_kwarg(self.model): past}, use_cache=True, logits_to_keep=1)
+            out = self.model(**step, **{cache_kw: past}, use_cache=True, logits_to_keep=1)
             past = _out_cache(out)
             start += step["input_ids"].shape[1]
             tok = int(out.logits[0, -1].argmax())
@@ -440,11 +441,7 @@ def chatml_prompt(system: str, image: str, sep: str, text: str | Sequence[str], 
 def _cache_kwarg(model) -> str:
     """The forward argument that takes a KV cache: transformers 5.25 renamed `past_key_values` to `cache` (the old
     name still works but warns in every notebook cell until 5.40); 5.23-5.24 know only `past_key_values`."""
-    name = getattr(model, "_focuslib_cache_kwarg", None)
-    if name is None:
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        model._focuslib_cache_kwarg = name
-    return name
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _out_cache(out):
