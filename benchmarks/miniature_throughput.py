@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import torch
 
@@ -36,23 +37,24 @@ def measure(side: int, stage: str, threads: int, workers: int, steps: int, warm:
     model = M3.build_model(r, tok)
     table, words = M3.phrase_table(model, tok), M3.word_table(model, tok)
     groups = M3._groups(model, stage, r)
-    opt = torch.optim.AdamW(groups)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    bar = SimpleNamespace(set_postfix=lambda **_: None)
     start = r.easy_steps + 100 if stage == "I" else 0   # stage I's full views, not its easy first steps
     r = replace(r, steps={**r.steps, stage: start + warm + steps})
     loader = torch.utils.data.DataLoader(M._Batches(r, stage, start, proc, M3._make), batch_size=None,
                                          num_workers=workers)
     model.train()
-    t0 = None
-    for i, (_, b) in enumerate(loader):
+    t0, ema = None, None
+    for i, (step, b) in enumerate(loader):
         if i == warm:
             t0 = time.time()
         if stage == "C":
             loss = M3.stage_c_loss(M3.projected_patches(model, b["pixel_values"]), b, table, words, r)
         else:
             loss = model(**M._inputs(model, stage, b, tok), labels=b["labels"]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        ema = M.sgd_step(loss, opt, sched, params, ema, bar, [], stage, step)   # the trainer's step (clipping incl.)
     return (time.time() - t0) / steps
 
 

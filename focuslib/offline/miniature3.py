@@ -156,15 +156,17 @@ VARIANTS["run-16"] = {**VARIANTS["run-14"], "i_map_probe": 40, "i_map_floor": (1
 # side. A target of the benchmark is 2.4-4.8 px on the 96 px whole image and 6-19 px on an ROI-scale crop; the
 # shipped model's existence on positives rises with the target's input size from 56% (6-8 px) to 88% (>= 16 px), and
 # at 2.4-4.8 px no map can tell a shape by its name (saliency, blind to shape, beats both V-V and K-K). The LM's
-# sequence is unchanged; a training step costs the same (C 0.33 s, I 1.0-1.2 s on 2 cores at either side).
-# Result: 7 of 9 goals, SHIPPED (the embedded default since run 10): map by shape name 14.0 vs K-K 1.5, FOCUS +15.5 pp,
+# sequence is unchanged; a stage-C step costs 0-14% more once it has a core of its own (0.60 vs 0.61 s, 0.63 vs
+# 0.55 s on 2 cores; benchmarks/results_miniature_throughput.md).
+# Result: 7 of 9 goals, SHIPPED (replacing run 10 as the embedded default): map by shape name 14.0 vs K-K 1.5, FOCUS +15.5 pp,
 # existence 81.5 (positives no better than at 96 px: the limit is a target's share of a token, D44)
 VARIANTS["run-17"] = {**VARIANTS["run-16"], "input_side": 192}
 # run 18 (a whole run): run 17 without the floor, trained with `--c-threads 1`. Run 17's stage C took 60 min (50 for
 # run 10's at 96 px), so the budget ended its stage I at step 1200 of 2400, where the floor also stopped it (probe
 # 12.5 < 15) although the report measured its map at 16.2 (colour + shape) and 14.0 (shape name, K-K 1.5): the floor
 # was set on run 14's 96 px tower and does not carry over. One torch thread in stage C (the batch worker gets the
-# other core) makes its steps 25% faster, which leaves stage I most of its 2400 steps in the same 90 minutes.
+# other core) makes its steps 14-17% faster (0.72 -> 0.60 s, 0.73 -> 0.63 s), which leaves stage I more of its 2400 steps in the same
+# 90 minutes.
 # Result: stage I 1628 steps; map by colour + shape 32.0 (K-K 12.5), but FOCUS's V-V ROIs below K-K's: 6 of 9, not shipped
 VARIANTS["run-18"] = {**VARIANTS["run-17"], "i_map_floor": ()}
 
