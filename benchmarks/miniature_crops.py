@@ -3,8 +3,10 @@
     python benchmarks/miniature_crops.py [--model data/models/miniature-llava-1.5] [--n 200]
 
 On the report's held-out items (synthetic.generate(n, seed=1000), colour questions only): FOCUS n=8 split by
-whether its chosen crops hold the target, and the answer on one crop of each fixed side holding the target at a
-random offset, split by whether a distractor whose colour is one of the options lies in that crop. ~6 min on 2 cores.
+whether its chosen crops hold the target; a miss split by where the search lost the target (no verified ROI
+overlaps it: the map's proposals; one holds it whole or overlaps it: the Yes/No ranking chose another crop); and
+the answer on one crop of each fixed side holding the target at a random offset, split by whether a distractor
+whose colour is one of the options lies in that crop. ~5 min for --n 800 (400 colour questions) on 2 cores.
 """
 from __future__ import annotations
 
@@ -36,7 +38,13 @@ def measure(model: str, n: int = 200, seed: int = R.HELD_OUT_SEED) -> dict:
         tb = it.bboxes[0]
         tr = focus.answer(it.image, it.text)
         hit = R.crops_hold(tr.chosen_boxes, [tb])
-        rows[f"FOCUS n=8, chosen crops {'hold' if hit else 'miss'} the target"].append(exact_match(tr.answer, it.label))
+        ok = exact_match(tr.answer, it.label)
+        rows[f"FOCUS n=8, chosen crops {'hold' if hit else 'miss'} the target"].append(ok)
+        if not hit:
+            where = {"ranking: whole": "ranking chose another; a verified ROI holds it whole",
+                     "ranking: part": "ranking chose another; verified ROIs hold only part of it",
+                     "proposals": "no verified ROI holds it"}[R.where_lost(tr, tb)]
+            rows[f"FOCUS n=8, miss: {where}"].append(ok)
         for side in SIDES:
             crop, win = R._crop_around(it.image, tb, side, rng)
             rivals = sum(d["color"] in it.options and R._overlaps(R._xyxy(d["bbox"]), win) for d in it.distractors)

@@ -119,6 +119,29 @@ def test_verdict_says_met_only_when_the_numbers_meet_the_goals():
     v = R.verdict(part)
     assert "FOCUS n=8 48.0% >= vanilla 24.0% + 25 pp -> NOT met" in v
     assert "recovers part of the gap (n=8: 48.0%, +24.0 pp, 32% of the oracle's gain" in v and "71.0%" in v
+    assert "Yes/No ranking" not in v   # reports written before the split was recorded say nothing of it
+    part["accuracy"]["FOCUS n=8"]["ranking lost GT %"] = 41.5
+    assert ("On 41.5% of the colour questions a crop that FOCUS verified held the target, but the Yes/No ranking "
+            "chose crops without it") in R.verdict(part)
+
+
+def test_where_lost_tells_the_ranking_from_the_proposals():
+    from types import SimpleNamespace as NS
+    target = (100, 100, 40, 40)   # xywh: 100..140
+
+    def trace(chosen, verified_boxes, unverified=((0, 0, 10, 10),)):
+        rois = [NS(box=b) for b in (*verified_boxes, *unverified)]
+        tt = NS(rois=rois, verified=list(range(len(verified_boxes))))
+        return NS(chosen_boxes=chosen, per_target=[tt])
+
+    far = (500, 500, 700, 700)
+    assert R.where_lost(trace([(120, 120, 300, 300)], [far]), target) == "held"   # overlap is enough
+    assert R.where_lost(trace([far], [far, (90, 90, 150, 150)]), target) == "ranking: whole"
+    assert R.where_lost(trace([far], [far, (120, 90, 300, 300)]), target) == "ranking: part"
+    # the target only in an ROI that was never verified: the proposals ranked it below the search's budget
+    assert R.where_lost(trace([far], [far], unverified=[(0, 0, 400, 400)]), target) == "proposals"
+    # nothing verified (n_steps 1 without overrun): nothing was ranked, so a miss is the proposals'
+    assert R.where_lost(trace([far], [], unverified=[far, (90, 90, 150, 150)]), target) == "proposals"
 
 
 def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):

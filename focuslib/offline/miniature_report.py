@@ -55,6 +55,21 @@ def _xyxy(b):
     return (b[0], b[1], b[0] + b[2], b[1] + b[3])
 
 
+def where_lost(tr, box) -> str:
+    """Where FOCUS's search put one target `box` (xywh), from its Trace: "held" (the chosen crops overlap it);
+    "ranking: whole" / "ranking: part" (a crop it verified holds the target whole / overlaps part of it, but the
+    Yes/No ranking chose crops without it); "proposals" (no verified crop overlaps it; without verification, as
+    at n_steps 1, nothing was ranked and the top ROI is the chosen one). The report's "ranking lost GT %" is the
+    two "ranking" cases (benchmarks/miniature_crops.py)."""
+    if crops_hold(tr.chosen_boxes, [box]):
+        return "held"
+    seen = [t.rois[i].box for t in tr.per_target for i in t.verified]
+    x0, y0, x1, y1 = _xyxy(box)
+    if any(b[0] <= x0 and b[1] <= y0 and b[2] >= x1 and b[3] >= y1 for b in seen):
+        return "ranking: whole"
+    return "ranking: part" if crops_hold(seen, [box]) else "proposals"
+
+
 def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_STEPS) -> tuple[dict, dict]:
     """Accuracy (%) per method and category, plus FOCUS's search forward passes and crop hit rate; and each
     method's per-question outcomes per category ("1"/"0" per question, in item order), from which the report's
@@ -67,7 +82,7 @@ def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_ST
     methods.update({f"FOCUS K-K map n={n}": Focus(mllm, preset(fam, "vstar", n_steps=n, map_variant="kk"))
                     for n in kk_steps})
     rows = defaultdict(lambda: defaultdict(list))
-    fps, hits = defaultdict(list), defaultdict(list)
+    fps, hits, ranked_out = defaultdict(list), defaultdict(list), defaultdict(list)
     plain = Focus(mllm, preset(fam, "vstar"))
     for it in tqdm(items, desc="accuracy", mininterval=10):
         for name, f in methods.items():
@@ -80,6 +95,8 @@ def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_ST
                 pred = tr.answer
                 fps[name].append(tr.search_fp)
                 hits[name].append(crops_hold(tr.chosen_boxes, it.bboxes))
+                if len(it.bboxes) == 1:   # one target (colour questions): did the ranking lose a verified hit?
+                    ranked_out[name].append(where_lost(tr, it.bboxes[0]).startswith("ranking"))
             ok = exact_match(pred, it.label)
             rows[name][it.category].append(ok)
             rows[name]["all"].append(ok)
@@ -90,6 +107,8 @@ def accuracy(mllm, items, steps=STEPS, random_steps=RANDOM_STEPS, kk_steps=KK_ST
         if name in fps:
             out[name]["search FP"] = round(float(np.mean(fps[name])), 2)
             out[name]["crop hits GT %"] = round(100 * float(np.mean(hits[name])), 1)
+            if ranked_out[name]:
+                out[name]["ranking lost GT %"] = round(100 * float(np.mean(ranked_out[name])), 1)
     cats = sorted({it.category for it in items})
     out["chance"] = {c: round(100 / (4 if c == "direct_attributes" else 2), 1) for c in cats}
     return out, outcomes
@@ -315,7 +334,11 @@ def markdown(rep: dict) -> str:
                 "other query: still on target %"]
     return "\n\n".join([
         f"Benchmark: `{rep['benchmark']}` (held out; 1600 x 1200, one 40-80 px target among 4-8 distractors).",
-        "### Accuracy (%)\n\n" + _md_table(acc, cats + ["search FP", "crop hits GT %"]),
+        "### Accuracy (%)\n\n" + _md_table(acc, cats + ["search FP", "crop hits GT %"]
+                                            + (["ranking lost GT %"] if any("ranking lost GT %" in r for r in
+                                                                           acc.values()) else []))
+        + "\n\ncrop hits GT: the chosen crops overlap every target (all questions). ranking lost GT: on one-target "
+          "questions, a crop FOCUS verified held the target, but the Yes/No ranking chose crops without it.",
         "### Existence on ROI-sized crops (accuracy %, mean c_yes)\n\n" + _md_table(
             {k: {"accuracy %": ex[k], "n": ex["n"][k], "mean c_yes": ex["mean c_yes"][k]} for k in ex["n"]},
             ["accuracy %", "n", "mean c_yes"]),
@@ -518,6 +541,10 @@ def verdict(rep: dict) -> str:
                   f"{round(100 * (f8 - van) / max(1e-9, ora - van))}% of the oracle's gain; the goal is "
                   f"+{GOALS['FOCUS n=8 over vanilla']:.0f} pp). Its chosen crops hold the target on {hits}% of all "
                   "questions (both kinds), and those crops are larger than the oracle's, with other objects in view.")
+        lost = acc["FOCUS n=8"].get("ranking lost GT %")
+        if lost is not None:   # reports from before 2026-12-07 lack it
+            bottom += (f" On {lost}% of the colour questions a crop that FOCUS verified held the target, but the "
+                       "Yes/No ranking chose crops without it (benchmarks/miniature_crops.py splits these further).")
     else:
         ex = rep["existence"]
         neg = [k for k in ("elsewhere", "absent") if k in ex]
