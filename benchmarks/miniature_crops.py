@@ -6,7 +6,8 @@ On the report's held-out items (synthetic.generate(n, seed=1000), colour questio
 whether its chosen crops hold the target; a miss split by where the search lost the target (no verified ROI
 overlaps it: the map's proposals; one holds it whole or overlaps it: the Yes/No ranking chose another crop); and
 the answer on one crop of each fixed side holding the target at a random offset, split by whether a distractor
-whose colour is one of the options lies in that crop. ~5 min for --n 800 (400 colour questions) on 2 cores.
+whose colour is one of the options lies in that crop; and, per target shape, the share of questions the ranking
+lost. ~5 min for --n 800 (400 colour questions) on 2 cores.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def measure(model: str, n: int = 200, seed: int = R.HELD_OUT_SEED) -> dict:
         hit = R.crops_hold(tr.chosen_boxes, [tb])
         ok = exact_match(tr.answer, it.label)
         rows[f"FOCUS n=8, chosen crops {'hold' if hit else 'miss'} the target"].append(ok)
+        lost = R.where_lost(tr, tb).startswith("ranking")
+        rows[f"share the ranking lost (a verified crop held it), target shape {it.target_objects[0]}"].append(lost)
         if not hit:
             where = {"ranking: whole": "ranking chose another; a verified ROI holds it whole",
                      "ranking: part": "ranking chose another; verified ROIs hold only part of it",
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200)
     a = ap.parse_args(argv)
     out = measure(a.model, a.n)
-    print("| | right % | n |\n|---|---|---|")
+    print("| | % (answers right; 'share' rows: of the questions) | n |\n|---|---|---|")
     for k, (acc, cnt) in out.items():
         print(f"| {k} | {acc} | {cnt} |")
     print(json.dumps(out))
