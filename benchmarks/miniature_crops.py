@@ -38,16 +38,15 @@ def measure(model: str, n: int = 200, seed: int = R.HELD_OUT_SEED) -> dict:
     for it in tqdm(items, desc="crops", mininterval=10):
         tb = it.bboxes[0]
         tr = focus.answer(it.image, it.text)
-        hit = R.crops_hold(tr.chosen_boxes, [tb])
+        where = R.where_lost(tr, tb)
         ok = exact_match(tr.answer, it.label)
-        rows[f"FOCUS n=8, chosen crops {'hold' if hit else 'miss'} the target"].append(ok)
-        lost = R.where_lost(tr, tb).startswith("ranking")
-        rows[f"share the ranking lost (a verified crop held it), target shape {it.target_objects[0]}"].append(lost)
-        if not hit:
-            where = {"ranking: whole": "ranking chose another; a verified ROI holds it whole",
-                     "ranking: part": "ranking chose another; verified ROIs hold only part of it",
-                     "proposals": "no verified ROI holds it"}[R.where_lost(tr, tb)]
-            rows[f"FOCUS n=8, miss: {where}"].append(ok)
+        rows[f"FOCUS n=8, chosen crops {'hold' if where == 'held' else 'miss'} the target"].append(ok)
+        rows[f"share the ranking lost (a verified crop held it), target shape {it.target_objects[0]}"].append(
+            where.startswith("ranking"))
+        if where != "held":
+            rows["FOCUS n=8, miss: " + {"ranking: whole": "ranking chose another; a verified ROI holds it whole",
+                                        "ranking: part": "ranking chose another; verified ROIs hold only part of it",
+                                        "proposals": "no verified ROI holds it"}[where]].append(ok)
         for side in SIDES:
             crop, win = R._crop_around(it.image, tb, side, rng)
             rivals = sum(d["color"] in it.options and R._overlaps(R._xyxy(d["bbox"]), win) for d in it.distractors)
