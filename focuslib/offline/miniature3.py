@@ -169,6 +169,15 @@ VARIANTS["run-17"] = {**VARIANTS["run-16"], "input_side": 192}
 # 90 minutes.
 # Result: stage I 1628 steps; map by colour + shape 32.0 (K-K 12.5), but FOCUS's V-V ROIs below K-K's: 6 of 9, not shipped
 VARIANTS["run-18"] = {**VARIANTS["run-17"], "i_map_floor": ()}
+# run 19 (an experiment, not a recipe that fits the budget): run 18's stage-C tower trained 2400 steps more
+# (`--c-init` run 18's folder: a fresh warm-up to half the peak rate, cosine to 0.1x), then stages P, L and I as
+# run 18 (no floor). Update 11 found both missed goals ride on the Yes/No shape check on crops and the tower's
+# shape probes still rising at the end of stage C (run 18: roi shape 66 -> 78 over its last 1200 steps); this
+# asks whether a longer stage C moves them, before a lent GPU is spent on it. Stage C totals 7200 steps
+# (~54 + 27 min on 2 cores): over the 90-minute CPU budget, so not shippable as attempt 3 whatever it measures
+VARIANTS["run-19"] = {**VARIANTS["run-18"], "steps": {**VARIANTS["run-18"]["steps"], "C": 2400},
+                      "min_steps": {**VARIANTS["run-18"]["min_steps"], "C": 2400},
+                      "lr": {**Recipe3().lr, "C": 1e-3}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -802,12 +811,13 @@ def _make(r, stage, step, processor):
 
 
 def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, device: str = "cpu",
-          keep_checkpoints: bool = False, stage_threads: dict | None = None) -> dict:
+          keep_checkpoints: bool = False, stage_threads: dict | None = None, c_init: str | Path | None = None) -> dict:
     """Run (or resume) the gated stages into `out`. Returns {"final": path or None, "passed": bool, ...}.
 
     stage_threads: torch threads per stage ({"C": 1}); the others keep the process's setting. Stage C's step is
     light and its batches are made in a worker process: on 2 cores one thread each is faster than two threads
-    fighting the worker (benchmarks/results_miniature_throughput.md)."""
+    fighting the worker (benchmarks/results_miniature_throughput.md).
+    c_init: a finished run folder whose stage-C tower this run's stage C continues (run 19, an experiment)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -816,6 +826,9 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
     processor = build_processor(r.input_side)
     tok = processor.tokenizer
     model = build_model(r, tok).to(device)
+    if c_init is not None and not (out / "stage-C.pt").exists() and not (out / "stage-C.partial.pt").exists():
+        continue_tower(model, Path(c_init))
+        log(f"stage C continues the tower of {c_init}")
     hist_path = out / "history.json"
     history = json.loads(hist_path.read_text()) if hist_path.exists() else []
     t_start = time.time() - sum(h.get("seconds", 0) for h in history if "seconds" in h)
@@ -918,6 +931,20 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
             **({} if passed else {"failed_stage": STAGES[-1]})}
 
 
+def continue_tower(model, run: Path) -> float:
+    """Load `run`'s stage-C weights and undo the projector rescale its stage C ended with (match_projector_scale),
+    so that stage C goes on from the tower and projector as its contrastive training left them. Returns the
+    factor undone."""
+    model.load_state_dict(torch.load(run / "stage-C.pt", weights_only=False)["model"])
+    hist = json.loads((run / "history.json").read_text())
+    k = next(h["projector_scale"] for h in hist if "projector_scale" in h)
+    proj = model.model.multi_modal_projector
+    with torch.no_grad():
+        proj.linear_2.weight.div_(k)
+        proj.linear_2.bias.div_(k)
+    return k
+
+
 def export(model, processor, out: Path, r: Recipe3, history: list, passed: bool) -> Path:
     """`out/final`: save_pretrained + processor + focuslib.json (recipe, history, whether every gate passed)."""
     final = M.save(model.to("cpu"), processor, Path(out) / "final", r, history)
@@ -941,7 +968,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ship", default=None, help="copy the final model here if every gate passed")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint as "
                     "stage-X.step-N.pt (raw weights, not the average) to measure a stage's trajectory")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10, run-14, run-17 and run-18 whole runs")
+    ap.add_argument("--c-init", default=None, help="a finished run folder: stage C continues its tower (run 19)")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10, run-14, run-17 and run-18 whole runs, run-19 with --c-init")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -953,7 +981,7 @@ def main(argv=None) -> int:
                 checkpoint_every=max(1, int(base.checkpoint_every * min(1.0, a.scale))))
     t0 = time.time()
     res = train(a.out, r, workers=a.workers, device=a.device, keep_checkpoints=a.keep_checkpoints,
-                stage_threads={"C": a.c_threads} if a.c_threads else None)
+                stage_threads={"C": a.c_threads} if a.c_threads else None, c_init=a.c_init)
     print(f"trained in {time.time() - t0:.0f} s; gates {'passed' if res['passed'] else 'MISSED at stage ' + res['failed_stage']}"
           + (f"; model in {res['final']}" if res["final"] else ""))
     if a.ship and res["passed"]:
