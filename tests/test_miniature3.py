@@ -635,3 +635,97 @@ def test_a_192_px_recipe_exports_a_model_the_adapter_reads_on_the_same_grid(tmp_
     lay = mllm.layout(image, inputs)
     assert lay.positions.shape == (M.GRID, M.GRID)
     assert float(lay.cell_boxes[0, 0, 2]) == pytest.approx(1600 / M.GRID)   # 133.3 px cells of the 1600 px image
+
+
+def test_every_tensor_the_trainer_and_its_probes_feed_the_model_went_to_its_device(tmp_path, monkeypatch):
+    """`--device cuda` (issue 16: train on a lent GPU with the same code) needs every batch -- training steps, the
+    stage probes, the projector's rescale -- moved to the model's device. Without a GPU here, the device move is
+    observed instead: `_to` marks what it moved, and the model's entry points refuse an unmarked tensor (before
+    this test the probes fed CPU batches to the model, which a CUDA run would have died on at its first probe)."""
+    moved = M3._to
+
+    def marking_to(b, device):
+        out = moved(b, device)
+        for t in ([out] if torch.is_tensor(out) else [v for v in _tensors(out)]):
+            t._on_device = True
+        return out
+
+    def _tensors(b):
+        if torch.is_tensor(b):
+            yield b
+        elif isinstance(b, dict):
+            for v in b.values():
+                yield from _tensors(v)
+
+    def check(name, tensors):
+        stray = [k for k, t in tensors.items() if torch.is_tensor(t) and not getattr(t, "_on_device", False)]
+        assert not stray, f"{name} was fed {stray} without the device move"
+
+    built, seen = M3.build_model, []
+
+    def build(r, tok):
+        model = built(r, tok)
+        def hook(mod, args, kw):
+            seen.append("lm")
+            check("the model", kw)
+
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+        return model
+
+    patches = M3.projected_patches
+
+    def projected(model, pixel_values):
+        seen.append("tower")
+        check("projected_patches", {"pixel_values": pixel_values})
+        return patches(model, pixel_values)
+
+    monkeypatch.setattr(M3, "_to", marking_to)
+    monkeypatch.setattr(M3, "build_model", build)
+    monkeypatch.setattr(M3, "projected_patches", projected)
+    res = M3.train(tmp_path, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None)
+    assert res["final"] is not None and {"lm", "tower"} <= set(seen)
+    model = build(M3.Recipe3(), M3.build_processor().tokenizer)
+    r = _micro()
+    assert set(M3.probe_shape_reading(model, r, M3.build_processor(), batches=1)) == {"easy", "roi"}
+    # the check itself bites: an unmoved batch is refused
+    with pytest.raises(AssertionError, match="without the device move"):
+        monkeypatch.setattr(M3, "_to", lambda b, device: b)
+        M3.probe_lm(model, r, "L", M3.build_processor())
+
+
+def test_a_continued_stage_c_starts_from_the_earlier_towers_weights_before_its_projector_rescale(tmp_path):
+    """run 19 (`--c-init RUN`): stage C goes on from RUN's tower and projector as contrastive training left them --
+    the rescale RUN's stage C ended with (match_projector_scale, in its history) undone, so that rescaling again
+    gives RUN's stage-C weights back; the other weights are RUN's too."""
+    first = tmp_path / "first"
+    M3.train(first, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None)
+    saved = torch.load(first / "stage-C.pt", weights_only=False)["model"]
+    k = next(h["projector_scale"] for h in json.loads((first / "history.json").read_text()) if "projector_scale" in h)
+    assert k != 1.0
+    r = _micro()
+    model = M3.build_model(r, M3.build_processor().tokenizer)
+    assert M3.continue_tower(model, first) == k
+    now = model.state_dict()
+    w2 = "model.multi_modal_projector.linear_2.weight"
+    assert torch.allclose(now[w2] * k, saved[w2]) and not torch.allclose(now[w2], saved[w2])
+    assert all(torch.equal(now[n], saved[n]) for n in saved if "linear_2" not in n)
+    pv = M3.make_c_batch(r, 0, M3.build_processor())["pixel_values"]
+    with torch.no_grad():
+        assert M.match_projector_scale(model, pv) == pytest.approx(k, rel=1e-5)
+    assert torch.allclose(model.state_dict()[w2], saved[w2], atol=1e-7)
+
+
+def test_c_init_reaches_the_trainer_and_a_resumed_run_does_not_reload_it(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(M3, "train", lambda out, r, **kw: seen.update(kw) or {"passed": False, "final": None,
+                                                                              "failed_stage": "I"})
+    M3.main(["--out", str(tmp_path), "--variant", "run-19", "--c-init", "somewhere"])
+    assert seen["c_init"] == "somewhere"
+    monkeypatch.undo()
+    loaded = []
+    monkeypatch.setattr(M3, "continue_tower", lambda model, run: loaded.append(run))
+    run = tmp_path / "run"
+    M3.train(run, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None)
+    again = M3.train(run, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None,
+                     c_init=tmp_path / "elsewhere")   # stage C is done: its own weights win, nothing reloaded
+    assert loaded == [] and again["final"] is not None

@@ -224,3 +224,19 @@ def test_preset_map_hits_are_the_localization_tables_preset_and_kk_rows(tiny_lla
     for kind, table in (("shape", "shape name"), ("colour shape", "colour + shape name")):
         assert hits[f"map {kind}"] == tables[table]["preset (paper's fraction)"]["hit@1 target %"]
         assert hits[f"kk map {kind}"] == tables[table]["K-K map, preset layers"]["hit@1 target %"]
+
+
+def test_report_device_reaches_the_loader(monkeypatch):
+    """`--device cuda` on a lent GPU loads the model there (float32, as every recorded report); CPU by default."""
+    import pytest
+    asked = []
+
+    def fake_load(model, device=None, dtype=None):
+        asked.append((device, dtype))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(R, "load_mllm", fake_load)
+    for argv, want in ((["--model", "m"], "cpu"), (["--model", "m", "--device", "cuda"], "cuda")):
+        with pytest.raises(RuntimeError, match="stop here"):
+            R.main(argv)
+        assert asked.pop() == (want, "float32")

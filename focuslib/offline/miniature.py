@@ -346,7 +346,9 @@ def build_tokenizer(extra_words: tuple = ()):
 
 def build_processor(extra_words: tuple = (), side: int = SIDE):
     import transformers as T
-    image_processor = T.CLIPImageProcessor(  # LLaVA-1.5's settings at `side` px
+    # the PIL backend wherever training runs: a GPU node has torchvision, whose resize differs a little from PIL's,
+    # and the kit reads the miniature through the PIL one on CPU machines (the saved config names CLIPImageProcessor)
+    image_processor = getattr(T, "CLIPImageProcessorPil", T.CLIPImageProcessor)(  # LLaVA-1.5's settings at `side` px
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True,
         resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
     return T.LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(extra_words),

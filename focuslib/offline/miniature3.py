@@ -178,6 +178,11 @@ VARIANTS["run-18"] = {**VARIANTS["run-17"], "i_map_floor": ()}
 VARIANTS["run-19"] = {**VARIANTS["run-18"], "steps": {**VARIANTS["run-18"]["steps"], "C": 2400},
                       "min_steps": {**VARIANTS["run-18"]["min_steps"], "C": 2400},
                       "lr": {**Recipe3().lr, "C": 1e-3}}
+# gpu-1 (prepared, not yet run: no GPU has been lent to issue 16): run 18's recipe with twice the stage-C steps,
+# the lever Update 11 names, on a lent GPU (`benchmarks/miniature_gpu.sh train gpu-1`). Probes every 300 steps:
+# a probe makes its batches in the trainer's process, which on a GPU would otherwise cost more than the steps
+VARIANTS["gpu-1"] = {**VARIANTS["run-18"], "steps": {**VARIANTS["run-18"]["steps"], "C": 9600},
+                     "min_steps": {**VARIANTS["run-18"]["min_steps"], "C": 9600}, "probe_every": 300}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,8 +412,9 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
         shape_words[kind][0].extend(said[pres & known].tolist())
         shape_words[kind][1].extend((~said)[~pres & known].tolist())
 
+    dev = table.device   # the model's: probes run where training runs (--device cuda)
     for step in range(n):
-        b = make_c_batch(r, step, processor, seed_offset=M.PROBE_SEED)
+        b = _to(make_c_batch(r, step, processor, seed_offset=M.PROBE_SEED), dev)
         p = projected_patches(model, b["pixel_values"])
         read_words(p, b["words"], "mix")
         _, logits = contrastive_loss(p, b["targets"], table, r.tau)
@@ -430,7 +436,7 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
     roi = replace(r, c_easy=0.0, c_roi=1.0)
     ok_roi, ok_ground = [], []
     for step in range(n):
-        b = make_c_batch(roi, step, processor, seed_offset=M.PROBE_SEED + 1)
+        b = _to(make_c_batch(roi, step, processor, seed_offset=M.PROBE_SEED + 1), dev)
         reg = b["regions"]
         p = projected_patches(model, b["pixel_values"])
         read_words(p, b["words"], "roi")
@@ -442,7 +448,8 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
             ok_ground += hit[crowded].tolist()
         if len(reg["phrase"]):
             lg = region_logits(p, reg, table, r.tau)[:, :BG]
-            lg = lg.view(-1, len(M.COLORS), len(M.SHAPES))[torch.arange(len(lg)), reg["phrase"] // len(M.SHAPES)]
+            lg = lg.view(-1, len(M.COLORS), len(M.SHAPES))[torch.arange(len(lg), device=dev),
+                                                            reg["phrase"] // len(M.SHAPES)]
             ok_roi += (lg.argmax(-1) == reg["phrase"] % len(M.SHAPES)).tolist()
     pct = lambda v: round(100 * float(np.mean(v)), 1) if v else 0.0  # noqa: E731
     return {"region phrase": pct(ok_region), "patch phrase": pct(ok_phrase), "patch colour": pct(ok_colour),
@@ -627,7 +634,7 @@ def probe_lm(model, r: Recipe3, stage: str, processor, n: int = 4) -> dict:
     if stage == "I":
         steps = [r.easy_steps + s for s in range(n)] + [M.ICL_EVERY - 1]   # probe the full (not easy) views
     for step in steps:
-        b = MAKERS[stage](r, step, processor, seed_offset=M.PROBE_SEED)
+        b = _to(MAKERS[stage](r, step, processor, seed_offset=M.PROBE_SEED), _device_of(model))
         rows = M.answer_hits(model, M._inputs(model, stage, b, processor.tokenizer), b["labels"],
                              processor.tokenizer.eos_token_id)
         for task, row in zip(b["tasks"], rows):
@@ -674,7 +681,7 @@ def probe_shape_reading(model, r: Recipe3, processor, batches: int = 8) -> dict:
     for view in ("easy", "roi"):
         hits = {"Yes": [], "No": []}
         for k in range(batches):
-            b = shape_existence_batch(r, processor, view, seed=k)
+            b = _to(shape_existence_batch(r, processor, view, seed=k), _device_of(model))
             rows = M.answer_hits(model, M._inputs(model, "I", b, processor.tokenizer), b["labels"],
                                  processor.tokenizer.eos_token_id)
             for a, h in zip(b["answers"], rows):
@@ -790,7 +797,13 @@ def _load_into(params: list, values: list) -> None:
             p.copy_(v)
 
 
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _to(b, device):
+    """A batch (tensors, nested dicts of them, other values as they are) on `device`: every tensor the trainer or
+    a probe feeds the model goes through here (tests/test_miniature3.py checks it)."""
     if torch.is_tensor(b):
         return b.to(device)
     return {k: _to(v, device) for k, v in b.items()} if isinstance(b, dict) else b
@@ -913,7 +926,7 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
         if avg is not None:   # the stage's model is the average (what its probes measured)
             _load_into(params, avg)
         if stage == "C":   # image tokens start at the word embeddings' norm (what the LM will read)
-            pv = make_c_batch(r, 0, processor)["pixel_values"].to(device)
+            pv = _to(make_c_batch(r, 0, processor)["pixel_values"], device)
             k = M.match_projector_scale(model, pv)
             history.append({"stage": "C", "projector_scale": round(k, 4)})
         model.eval()
@@ -969,7 +982,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint as "
                     "stage-X.step-N.pt (raw weights, not the average) to measure a stage's trajectory")
     ap.add_argument("--c-init", default=None, help="a finished run folder: stage C continues its tower (run 19)")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10, run-14, run-17 and run-18 whole runs, run-19 with --c-init")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10, run-14, run-17 and run-18 whole runs, run-19 with --c-init, gpu-1 (benchmarks/miniature_gpu.sh)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -300,10 +300,12 @@ def preset_map_hits(mllm, items) -> dict:
 
 
 def run(model: str, n: int = 800, seed: int = HELD_OUT_SEED, out: str | Path | None = None,
-        steps=STEPS, random_steps=RANDOM_STEPS) -> dict:
-    """All three measurements on `n` held-out items; written to `out/report.json` and `report.md`."""
+        steps=STEPS, random_steps=RANDOM_STEPS, device: str = "cpu") -> dict:
+    """All three measurements on `n` held-out items; written to `out/report.json` and `report.md`.
+    device: "cuda" on a lent GPU (every recorded report ran on the CPU, float32; a GPU's kernels may move a
+    near-tie, so compare reports made on the same kind of device)."""
     torch.manual_seed(0)
-    mllm = load_mllm(model, device="cpu", dtype="float32")
+    mllm = load_mllm(model, device=device, dtype="float32")
     items = synthetic.generate(n, seed=seed)
     loc, ex = localization(mllm, items), existence(mllm, items)   # in this order, as every recorded report
     acc, outcomes = accuracy(mllm, items, steps, random_steps)
@@ -568,10 +570,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     ap.add_argument("--out", default=None, help="folder for report.json / report.md (default: the model folder)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cuda on a lent GPU")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    rep = run(a.model, a.n, a.seed, a.out or a.model)
+    rep = run(a.model, a.n, a.seed, a.out or a.model, device=a.device)
     print(markdown(rep))
     return 0
 
