@@ -40,15 +40,17 @@ test-browser: $(STAMP) $(KERNEL)
 # VARIANT= gives the Recipe3 defaults, run 5; attempt-1|2: benchmarks/results_miniature.md). C_THREADS=1 trains
 # stage C on one torch thread (faster on 2 cores; run 18, not the shipped run 17, was trained so). It is copied to
 # MINI_OUT only when every gate passes; the shipped model missed its last gate and was shipped by comparing reports
-# (decisions D37). Exit 3: a gate missed.
+# (decisions D37). Exit 3: a gate missed. DEVICE=cuda trains and measures on a GPU node (same code; a lent device
+# machine: benchmarks/miniature_gpu.sh).
 RECIPE ?= attempt-3
 VARIANT ?= $(if $(filter attempt-3,$(RECIPE)),run-17)
 C_THREADS ?=
+DEVICE ?=
 MINI_RUN ?= .cache/miniature-run-$(RECIPE)$(if $(VARIANT),-$(VARIANT))
 MINI_OUT ?= data/models/miniature-llava-1.5
 miniature: $(STAMP)
-	$(PY) -m focuslib.offline.miniature --recipe $(RECIPE) $(if $(VARIANT),--variant $(VARIANT)) $(if $(C_THREADS),--c-threads $(C_THREADS)) --out $(MINI_RUN) --ship $(MINI_OUT); rc=$$?; \
-	  test -d $(MINI_RUN)/final && $(PY) -m focuslib.offline.miniature_report --model $(MINI_RUN)/final --out $(MINI_RUN)/report; \
+	$(PY) -m focuslib.offline.miniature --recipe $(RECIPE) $(if $(VARIANT),--variant $(VARIANT)) $(if $(C_THREADS),--c-threads $(C_THREADS)) $(if $(DEVICE),--device $(DEVICE)) --out $(MINI_RUN) --ship $(MINI_OUT); rc=$$?; \
+	  test -d $(MINI_RUN)/final && $(PY) -m focuslib.offline.miniature_report --model $(MINI_RUN)/final --out $(MINI_RUN)/report $(if $(DEVICE),--device $(DEVICE)); \
 	  exit $$rc
 
 miniature-report: $(STAMP)

@@ -446,7 +446,21 @@ def test_make_miniature_trains_the_shipped_recipe():
         root = Path(__file__).resolve().parents[1]
         cmd = subprocess.run(["make", "-n", "-s", "miniature", "STAMP=", "KERNEL="], cwd=root, capture_output=True,
                              text=True, check=True).stdout
-        assert "--recipe attempt-3 --variant run-17 " in cmd and "--c-threads" not in cmd
+        assert "--recipe attempt-3 --variant run-17 " in cmd and "--c-threads" not in cmd and "--device" not in cmd
+        gpu = subprocess.run(["make", "-n", "-s", "miniature", "STAMP=", "KERNEL=", "DEVICE=cuda"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+        assert gpu.count("--device cuda") == 2   # the training and the report
+
+
+def test_the_dispatcher_passes_the_device_to_attempt_3_only(monkeypatch):
+    seen = []
+    monkeypatch.setattr(M3, "main", lambda argv: seen.append(argv) or 0)
+    assert M.main(["--recipe", "attempt-3", "--device", "cuda"]) == 0
+    assert seen[-1][-2:] == ["--device", "cuda"]
+    M.main(["--recipe", "attempt-3"])
+    assert "--device" not in seen[-1]
+    with pytest.raises(SystemExit):
+        M.main(["--recipe", "attempt-1", "--device", "cuda"])
 
 
 def test_shape_reading_items_are_balanced_and_their_answers_true(processor, monkeypatch):

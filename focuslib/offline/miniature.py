@@ -731,6 +731,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1, help="batch-making processes (0 = in the trainer)")
     ap.add_argument("--c-threads", type=int, default=None, help="attempt-3 only: torch threads in stage C")
+    ap.add_argument("--device", default="cpu", help="attempt-3 only: cuda on a GPU node (same code)")
     ap.add_argument("--ship", default=None, help="copy the final model here (e.g. data/models/miniature-llava-1.5)")
     ap.add_argument("--variant", default=None, help="attempt-3 only: a recorded variant (miniature3.VARIANTS; its --variant help lists them)")
     a = ap.parse_args(argv)
@@ -739,7 +740,10 @@ def main(argv=None) -> int:
         return miniature3.main(["--out", a.out, "--seed", str(a.seed), "--scale", str(a.scale),
                                 "--workers", str(a.workers)] + (["--threads", str(a.threads)] if a.threads else [])
                                + (["--ship", a.ship] if a.ship else []) + (["--variant", a.variant] if a.variant else [])
-                               + (["--c-threads", str(a.c_threads)] if a.c_threads else []))
+                               + (["--c-threads", str(a.c_threads)] if a.c_threads else [])
+                               + (["--device", a.device] if a.device != "cpu" else []))
+    if a.device != "cpu":
+        ap.error("--device: only --recipe attempt-3 trains off the CPU")
     if a.threads:
         torch.set_num_threads(a.threads)
     from dataclasses import replace
