@@ -743,3 +743,9 @@ def test_c_init_reaches_the_trainer_and_a_resumed_run_does_not_reload_it(tmp_pat
     again = M3.train(run, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None,
                      c_init=tmp_path / "elsewhere")   # stage C is done: its own weights win, nothing reloaded
     assert loaded == [] and again["final"] is not None
+    continued = tmp_path / "continued"
+    monkeypatch.undo()
+    M3.train(continued, _micro(gates={"C": {}, "P": {}, "L": {}, "I": {}}), workers=0, log=lambda *_: None,
+             c_init=run)
+    hist = json.loads((continued / "final" / "focuslib.json").read_text())["history"]
+    assert [h["continued_from"] for h in hist if "continued_from" in h] == [str(run)]   # the record says so

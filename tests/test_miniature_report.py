@@ -181,6 +181,11 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
     assert "stops below 15% at step 1200" in card and "192 px input, patch 16 -> 12 x 12 image tokens" in card
     assert ("Stages that stopped early: P 450 of 1000 (gate passed); I 1200 of 2400 (map probe below the floor)."
             in card)
+    assert "continued the finished stage-C tower" not in card
+    cont = [{"stage": "C", "continued_from": ".cache/run-18", "projector_scale_undone": 0.09}]
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": cont + hist,
+                                                        "recipe": {}}))
+    assert "Stage C continued the finished stage-C tower of `.cache/run-18`" in R.model_card(tmp_path, rep)   # run 19
     (tmp_path / "config.json").unlink()
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)

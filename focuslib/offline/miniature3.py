@@ -174,7 +174,7 @@ VARIANTS["run-18"] = {**VARIANTS["run-17"], "i_map_floor": ()}
 # run 18 (no floor). Update 11 found both missed goals ride on the Yes/No shape check on crops and the tower's
 # shape probes still rising at the end of stage C (run 18: roi shape 66 -> 78 over its last 1200 steps); this
 # asks whether a longer stage C moves them, before a lent GPU is spent on it. Stage C totals 7200 steps
-# (~54 + 27 min on 2 cores): over the 90-minute CPU budget, so not shippable as attempt 3 whatever it measures
+# (54 + 29 min on 2 cores; the run itself 78 min): over the 90-minute CPU budget, so not shippable as attempt 3 whatever it measures
 VARIANTS["run-19"] = {**VARIANTS["run-18"], "steps": {**VARIANTS["run-18"]["steps"], "C": 2400},
                       "min_steps": {**VARIANTS["run-18"]["min_steps"], "C": 2400},
                       "lr": {**Recipe3().lr, "C": 1e-3}}
@@ -839,11 +839,13 @@ def train(out: str | Path, r: Recipe3 = Recipe3(), workers: int = 1, log=print, 
     processor = build_processor(r.input_side)
     tok = processor.tokenizer
     model = build_model(r, tok).to(device)
-    if c_init is not None and not (out / "stage-C.pt").exists() and not (out / "stage-C.partial.pt").exists():
-        continue_tower(model, Path(c_init))
-        log(f"stage C continues the tower of {c_init}")
     hist_path = out / "history.json"
     history = json.loads(hist_path.read_text()) if hist_path.exists() else []
+    if c_init is not None and not (out / "stage-C.pt").exists() and not (out / "stage-C.partial.pt").exists():
+        k = continue_tower(model, Path(c_init))
+        history = [h for h in history if "continued_from" not in h]
+        history.append({"stage": "C", "continued_from": str(c_init), "projector_scale_undone": k})   # the card says so
+        log(f"stage C continues the tower of {c_init}")
     t_start = time.time() - sum(h.get("seconds", 0) for h in history if "seconds" in h)
     for stage in STAGES:
         done = out / f"stage-{stage}.pt"

@@ -495,6 +495,10 @@ def recipe_text(meta: dict) -> str:
                  if rec.get("steps", {}).get(k) and h["steps_run"] < rec["steps"][k]]
         if short:
             words += " Stages that stopped early: " + "; ".join(short) + "."
+        cont = [h["continued_from"] for h in hist if "continued_from" in h]
+        if cont:   # run 19: its stage C went on from another run's tower, so that run's stage C counts too
+            words += (f" **Stage C continued the finished stage-C tower of `{cont[0]}`** (`--c-init`): its steps "
+                      "and seconds below come on top of that run's stage C.")
         if rec.get("i_ema"):
             words += (f" Stage I's model (probed and saved) is a moving average of its weights (decay "
                       f"min({rec['i_ema']:g}, (1 + t) / (10 + t)) at step t).")
