@@ -660,7 +660,7 @@ def test_every_tensor_the_trainer_and_its_probes_feed_the_model_went_to_its_devi
 
     def marking_to(b, device):
         out = moved(b, device)
-        for t in ([out] if torch.is_tensor(out) else [v for v in _tensors(out)]):
+        for t in _tensors(out):
             t._on_device = True
         return out
 
@@ -679,6 +679,7 @@ def test_every_tensor_the_trainer_and_its_probes_feed_the_model_went_to_its_devi
 
     def build(r, tok):
         model = built(r, tok)
+
         def hook(mod, args, kw):
             seen.append("lm")
             check("the model", kw)

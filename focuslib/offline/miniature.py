@@ -609,9 +609,16 @@ def match_projector_scale(model, pixel_values: torch.Tensor) -> float:
     out_norm = proj(feats).norm(dim=-1).mean()
     emb_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
     k = float(emb_norm / out_norm)
+    scale_projector(model, k)
+    return k
+
+
+@torch.no_grad()
+def scale_projector(model, k: float) -> None:
+    """Multiply the projector's output (its last layer) by `k`: match_projector_scale's rescale, or its undoing."""
+    proj = model.model.multi_modal_projector
     proj.linear_2.weight.mul_(k)
     proj.linear_2.bias.mul_(k)
-    return k
 
 
 def sgd_step(loss, opt, sched, params, ema, bar, history: list, stage: str, step: int) -> float:

@@ -412,7 +412,7 @@ def probe_c(model, r: Recipe3, processor, table, n: int = 3) -> dict:
         shape_words[kind][0].extend(said[pres & known].tolist())
         shape_words[kind][1].extend((~said)[~pres & known].tolist())
 
-    dev = table.device   # the model's: probes run where training runs (--device cuda)
+    dev = _device_of(model)   # probes run where training runs (--device cuda)
     for step in range(n):
         b = _to(make_c_batch(r, step, processor, seed_offset=M.PROBE_SEED), dev)
         p = projected_patches(model, b["pixel_values"])
@@ -953,10 +953,7 @@ def continue_tower(model, run: Path) -> float:
     model.load_state_dict(torch.load(run / "stage-C.pt", weights_only=False)["model"])
     hist = json.loads((run / "history.json").read_text())
     k = next(h["projector_scale"] for h in hist if "projector_scale" in h)
-    proj = model.model.multi_modal_projector
-    with torch.no_grad():
-        proj.linear_2.weight.div_(k)
-        proj.linear_2.bias.div_(k)
+    M.scale_projector(model, 1 / k)
     return k
 
 
