@@ -22,16 +22,20 @@ from types import SimpleNamespace
 
 import torch
 
-CONFIGS = [(96, "C", 2, 1), (96, "C", 1, 1), (192, "C", 2, 1), (192, "C", 1, 1), (192, "C", 2, 0),
-           (192, "I", 2, 1), (192, "I", 1, 1)]
+NOISES = ("normal", "bytes")   # the training scenes' pixel noise (miniature.Recipe.noise)
+CONFIGS = [(96, "C", 2, 1, "normal"), (96, "C", 1, 1, "normal"), (192, "C", 2, 1, "normal"),
+           (192, "C", 1, 1, "normal"), (192, "C", 2, 0, "normal"), (192, "I", 2, 1, "normal"),
+           (192, "I", 1, 1, "normal"),
+           (192, "C", 1, 1, "bytes"), (192, "C", 2, 1, "bytes"), (192, "I", 2, 1, "bytes"), (192, "I", 1, 1, "bytes")]
 
 
-def measure(side: int, stage: str, threads: int, workers: int, steps: int, warm: int = 5) -> float:
+def measure(side: int, stage: str, threads: int, workers: int, steps: int, warm: int = 5,
+            noise: str = "normal") -> float:
     """Mean seconds per optimizer step (loader wait included) over `steps` steps after `warm`."""
     from focuslib.offline import miniature as M
     from focuslib.offline import miniature3 as M3
     torch.set_num_threads(threads)
-    r = replace(M3.Recipe3(), **M3.VARIANTS["run-14"], input_side=side)
+    r = replace(M3.Recipe3(), **M3.VARIANTS["run-14"], input_side=side, noise=noise)
     proc = M3.build_processor(side)
     tok = proc.tokenizer
     model = M3.build_model(r, tok)
@@ -61,20 +65,22 @@ def measure(side: int, stage: str, threads: int, workers: int, steps: int, warm:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--one", nargs=4, type=int, default=None, help=argparse.SUPPRESS)   # side stage(0=C) threads workers
+    ap.add_argument("--rows", default=None, help="comma-separated row numbers of CONFIGS to run (default: all)")
+    ap.add_argument("--one", nargs=5, type=int, default=None, help=argparse.SUPPRESS)   # side stage(0=C) threads workers noise
     a = ap.parse_args(argv)
     if a.one:
-        side, stage, threads, workers = a.one
-        print(json.dumps(measure(side, "CI"[stage], threads, workers, a.steps)))
+        side, stage, threads, workers, noise = a.one
+        print(json.dumps(measure(side, "CI"[stage], threads, workers, a.steps, noise=NOISES[noise])))
         return
+    rows = [CONFIGS[int(i)] for i in a.rows.split(",")] if a.rows else CONFIGS
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"run 14's recipe, batch 32, {a.steps} steps after 5 of warm-up\n")
-    print("| input side | stage | torch threads | loader workers | s / step |\n|---|---|---|---|---|")
-    for side, stage, threads, workers in CONFIGS:
+    print("| input side | stage | torch threads | loader workers | scene noise | s / step |\n|---|---|---|---|---|---|")
+    for side, stage, threads, workers, noise in rows:
         out = subprocess.run([sys.executable, __file__, "--steps", str(a.steps), "--one", str(side),
-                              str("CI".index(stage)), str(threads), str(workers)],
+                              str("CI".index(stage)), str(threads), str(workers), str(NOISES.index(noise))],
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        print(f"| {side} | {stage} | {threads} | {workers} | {float(out):.3f} |", flush=True)
+        print(f"| {side} | {stage} | {threads} | {workers} | {noise} | {float(out):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -201,3 +201,22 @@ def test_shipped_miniature_answers_in_the_benchmark_formats():
         assert ans in synthetic.LETTERS[:len(it.options)], (it.text, ans)
         yn = mllm.generate([it.image], f"Is there a {it.target_objects[0]} in the image?").strip()
         assert yn in ("Yes", "No"), yn
+
+
+def test_recipe_noise_reaches_the_scene():
+    """Recipe.noise picks the training scenes' pixel noise; the default draws the scenes runs 1-19 trained on."""
+    from dataclasses import replace
+    r = M.Recipe()
+    img, objs = M.make_scene(np.random.default_rng(4), r)
+    rng = np.random.default_rng(4)   # the same draws by hand: background, then the objects
+    ref = synthetic._background(rng, r.scene_size)
+    assert img.size == ref.size
+    fast, _ = M.make_scene(np.random.default_rng(4), replace(r, noise="bytes"))
+    assert r.noise == "normal" and not np.array_equal(np.asarray(img), np.asarray(fast))
+    # outside the objects' boxes every pixel is the reference background's
+    outside = np.ones(ref.size[::-1], dtype=bool)
+    for o in objs:
+        x, y, w, h = o.box
+        outside[max(0, y - 1):y + h + 1, max(0, x - 1):x + w + 1] = False
+    assert objs and outside.mean() > 0.8
+    assert np.array_equal(np.asarray(img)[outside], np.asarray(ref)[outside])

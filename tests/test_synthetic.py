@@ -178,3 +178,34 @@ def test_every_colour_option_is_in_the_image_unless_turned_off():
     off = [i for i in generate(24, seed=3, options_in_image=False) if i.category == "direct_attributes"]
     assert any(not set(it.options) <= {d["color"] for d in it.distractors} | {it.options[LETTERS.index(it.label)]}
                for it in off)
+
+
+def test_pixel_noise_kinds():
+    """'normal' is the benchmarks' stream, unchanged (the same deviates as before the 'bytes' kind existed);
+    'bytes' is the same distribution discretized to 256 levels, and an unknown kind is named in the error."""
+    from statistics import NormalDist
+
+    from focuslib.offline import synthetic as S
+    a = S._pixel_noise(np.random.default_rng(5), (60, 80, 3), "normal")
+    ref = np.random.default_rng(5).normal(0.0, 6.0, size=(60, 80, 3)).astype(np.float32)
+    assert a.dtype == np.float32 and np.array_equal(a, ref)
+    b = S._pixel_noise(np.random.default_rng(5), (400, 500, 3), "bytes")
+    assert b.dtype == np.float32 and b.shape == (400, 500, 3)
+    assert len(np.unique(b)) == 256
+    assert np.allclose(S._NOISE_TABLE, -S._NOISE_TABLE[::-1], atol=1e-5) and np.all(np.diff(S._NOISE_TABLE) > 0)
+    assert abs(float(b.mean())) < 0.05 and abs(float(b.std()) - 6.0) < 0.1
+    nd = NormalDist(0.0, 6.0)
+    for x in (-9.0, -3.0, 0.5, 4.0, 10.0):   # the empirical CDF follows the normal one (discretization < 1/256)
+        assert abs(float((b <= x).mean()) - nd.cdf(x)) < 0.006
+    with pytest.raises(ValueError, match="uniform"):
+        S._pixel_noise(np.random.default_rng(0), (2, 2, 3), "uniform")
+
+
+def test_background_noise_kind_changes_only_the_noise_draw():
+    """The default background is the 'normal' one; 'bytes' gives another image of the same grey level and texture."""
+    from focuslib.offline import synthetic as S
+    d = np.asarray(S._background(np.random.default_rng(2), (320, 240)))
+    n = np.asarray(S._background(np.random.default_rng(2), (320, 240), "normal"))
+    b = np.asarray(S._background(np.random.default_rng(2), (320, 240), "bytes"))
+    assert np.array_equal(d, n) and not np.array_equal(n, b)
+    assert abs(float(n.astype(float).mean()) - float(b.astype(float).mean())) < 3.0
