@@ -185,7 +185,12 @@ def test_model_card_describes_the_recipe_that_made_the_model(tmp_path):
     cont = [{"stage": "C", "continued_from": ".cache/run-18", "projector_scale_undone": 0.09}]
     (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": cont + hist,
                                                         "recipe": {}}))
-    assert "Stage C continued the finished stage-C tower of `.cache/run-18`" in R.model_card(tmp_path, rep)   # run 19
+    card = R.model_card(tmp_path, rep)
+    assert "Stage C continued the finished stage-C tower of `.cache/run-18`" in card   # run 19
+    assert "uniform bytes" not in card
+    (tmp_path / "focuslib.json").write_text(json.dumps({"recipe_name": "attempt-3", "history": hist,
+                                                        "recipe": {"noise": "bytes"}}))
+    assert "pixel noise is drawn as uniform bytes" in R.model_card(tmp_path, rep)   # run 20
     (tmp_path / "config.json").unlink()
     (tmp_path / "focuslib.json").write_text(json.dumps({"history": hist, "recipe": {}}))
     assert "T LM pre-training on word scenes" in R.model_card(tmp_path, rep)

@@ -184,6 +184,16 @@ VARIANTS["run-19"] = {**VARIANTS["run-18"], "steps": {**VARIANTS["run-18"]["step
 VARIANTS["gpu-1"] = {**VARIANTS["run-18"], "steps": {**VARIANTS["run-18"]["steps"], "C": 9600},
                      "min_steps": {**VARIANTS["run-18"]["min_steps"], "C": 9600}, "probe_every": 300}
 
+# run 20 (a whole run, inside the 90-minute CPU budget): run 18 with run 19's length of stage C (7000 steps, one
+# schedule from scratch) and a stage I of 1300 steps (run 17 got 1200), paid for by cheaper batches: the training
+# scenes draw their pixel noise as bytes through a normal quantile table (`noise="bytes"`, 4x cheaper; a stage-C
+# batch 0.30 -> 0.18 s), which lets stage C take both torch threads (0.587 s a step at one thread with normal noise
+# -> 0.503 s at two with bytes; stage I 1.015 -> 0.929 s; benchmarks/results_miniature_throughput.md). Run 19 met
+# 8 of 9 goals with 7200 stage-C steps and 2400 of stage I in 132 minutes; this asks how much of that a recipe
+# that fits keeps
+VARIANTS["run-20"] = {**VARIANTS["run-18"], "noise": "bytes",
+                      "steps": {**VARIANTS["run-18"]["steps"], "C": 7000, "I": 1300},
+                      "min_steps": {**VARIANTS["run-18"]["min_steps"], "C": 7000, "I": 1300}}
 
 # --------------------------------------------------------------------------------------------------
 # tokenizer / processor / model
@@ -981,7 +991,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint as "
                     "stage-X.step-N.pt (raw weights, not the average) to measure a stage's trajectory")
     ap.add_argument("--c-init", default=None, help="a finished run folder: stage C continues its tower (run 19)")
-    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10, run-14, run-17 and run-18 whole runs, run-19 with --c-init, gpu-1 (benchmarks/miniature_gpu.sh)")
+    ap.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="a recorded variant (D40, D41): run-6..8, run-11..13, run-15 and run-16 stage I only, run-9, run-10, run-14, run-17 and run-18 whole runs, run-19 with --c-init, run-20, gpu-1 (benchmarks/miniature_gpu.sh)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

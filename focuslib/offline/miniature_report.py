@@ -480,6 +480,10 @@ def recipe_text(meta: dict) -> str:
         if rec.get("c_ground"):
             words += (f" Stage C also has a grounding term (weight {rec['c_ground']:g}, D41): each shape word in view "
                       "against the image tokens that shape covers.")
+        if rec.get("noise") == "bytes":
+            words += (" The training scenes' pixel noise is drawn as uniform bytes through the normal distribution's "
+                      "quantiles (std 6 grey levels in 256 steps; `synthetic._pixel_noise`), a quarter of the cost; "
+                      "the evaluation scenes keep the benchmarks' float normal noise.")
         if rec.get("options_in_view"):
             words += " Stage I's colour questions take their wrong options from colours in view (D40)."
         if rec.get("i_map_probe"):
