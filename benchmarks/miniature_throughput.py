@@ -22,7 +22,8 @@ from types import SimpleNamespace
 
 import torch
 
-NOISES = ("normal", "bytes")   # the training scenes' pixel noise (miniature.Recipe.noise)
+from focuslib.offline.synthetic import NOISE_KINDS   # the training scenes' pixel noise (Recipe.noise)
+
 CONFIGS = [(96, "C", 2, 1, "normal"), (96, "C", 1, 1, "normal"), (192, "C", 2, 1, "normal"),
            (192, "C", 1, 1, "normal"), (192, "C", 2, 0, "normal"), (192, "I", 2, 1, "normal"),
            (192, "I", 1, 1, "normal"),
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.one:
         side, stage, threads, workers, noise = a.one
-        print(json.dumps(measure(side, "CI"[stage], threads, workers, a.steps, noise=NOISES[noise])))
+        print(json.dumps(measure(side, "CI"[stage], threads, workers, a.steps, noise=NOISE_KINDS[noise])))
         return
     rows = [CONFIGS[int(i)] for i in a.rows.split(",")] if a.rows else CONFIGS
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     print("| input side | stage | torch threads | loader workers | scene noise | s / step |\n|---|---|---|---|---|---|")
     for side, stage, threads, workers, noise in rows:
         out = subprocess.run([sys.executable, __file__, "--steps", str(a.steps), "--one", str(side),
-                              str("CI".index(stage)), str(threads), str(workers), str(NOISES.index(noise))],
+                              str("CI".index(stage)), str(threads), str(workers), str(NOISE_KINDS.index(noise))],
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         print(f"| {side} | {stage} | {threads} | {workers} | {noise} | {float(out):.3f} |", flush=True)
 

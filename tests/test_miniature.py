@@ -208,8 +208,7 @@ def test_recipe_noise_reaches_the_scene():
     from dataclasses import replace
     r = M.Recipe()
     img, objs = M.make_scene(np.random.default_rng(4), r)
-    rng = np.random.default_rng(4)   # the same draws by hand: background, then the objects
-    ref = synthetic._background(rng, r.scene_size)
+    ref = synthetic._background(np.random.default_rng(4), r.scene_size)   # the scene's first draws, by hand
     assert img.size == ref.size
     fast, _ = M.make_scene(np.random.default_rng(4), replace(r, noise="bytes"))
     assert r.noise == "normal" and not np.array_equal(np.asarray(img), np.asarray(fast))

@@ -201,8 +201,9 @@ def test_pixel_noise_kinds():
         S._pixel_noise(np.random.default_rng(0), (2, 2, 3), "uniform")
 
 
-def test_background_noise_kind_changes_only_the_noise_draw():
-    """The default background is the 'normal' one; 'bytes' gives another image of the same grey level and texture."""
+def test_background_noise_kind():
+    """The default background is the 'normal' one; 'bytes' gives another image (the generator's stream moves on
+    differently, so the clutter differs too) of the same grey level."""
     from focuslib.offline import synthetic as S
     d = np.asarray(S._background(np.random.default_rng(2), (320, 240)))
     n = np.asarray(S._background(np.random.default_rng(2), (320, 240), "normal"))

@@ -95,6 +95,7 @@ def _shape_mask(shape: str, s: int) -> Image.Image:
 
 
 NOISE_STD = 6.0   # the background's fine pixel noise (grey levels)
+NOISE_KINDS = ("normal", "bytes")   # how it is drawn (_pixel_noise)
 
 
 def _quantile_table(std: float, levels: int = 256) -> np.ndarray:
@@ -116,7 +117,7 @@ def _pixel_noise(rng: np.random.Generator, shape: tuple, kind: str) -> np.ndarra
         return rng.normal(0.0, NOISE_STD, size=shape).astype(np.float32)
     if kind == "bytes":
         return _NOISE_TABLE[rng.integers(0, 256, size=shape, dtype=np.uint8)]
-    raise ValueError(f"unknown noise kind {kind!r}; expected 'normal' or 'bytes'")
+    raise ValueError(f"unknown noise kind {kind!r}; expected one of {NOISE_KINDS}")
 
 
 def _background(rng: np.random.Generator, size: tuple[int, int], noise: str = "normal") -> Image.Image:
